@@ -1,0 +1,114 @@
+//! Map layouts of the NPU device guard, shared by the eBPF program and userspace.
+//!
+//! Every type is `#[repr(C)]` with explicit padding fields, so the byte images the kernel
+//! hashes are fully defined (hash map keys compare every byte) and BTF names every field.
+#![no_std]
+
+/// `bpf_cgroup_dev_ctx.access_type` low half: device type (kernel `BPF_DEVCG_DEV_*`).
+pub const DEV_BLOCK: u32 = 1;
+pub const DEV_CHAR: u32 = 2;
+
+/// `bpf_cgroup_dev_ctx.access_type` high half: requested access (kernel `BPF_DEVCG_ACC_*`).
+pub const ACC_MKNOD: u32 = 1;
+pub const ACC_READ: u32 = 2;
+pub const ACC_WRITE: u32 = 4;
+pub const ACC_ALL: u32 = ACC_MKNOD | ACC_READ | ACC_WRITE;
+
+/// Map names as the kernel and bpftool show them (at most 15 bytes).
+pub const MAP_CLASSES: &str = "npu_classes";
+pub const MAP_CONTAINERS: &str = "npu_containers";
+pub const MAP_GRANTS: &str = "npu_grants";
+/// Program name as `bpftool cgroup show` prints it.
+pub const PROGRAM_NAME: &str = "npu_dev_guard";
+
+pub const MAX_CLASSES: usize = 256;
+pub const MAX_CONTAINERS: usize = 16384;
+pub const MAX_GRANTS: usize = 131072;
+/// Deepest cgroup level the program inspects when it looks for the owning container.
+pub const MAX_CGROUP_DEPTH: i32 = 32;
+
+/// A guarded device class: every node of this (type, major) is NPU-related.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClassKey {
+    pub dev_type: u32,
+    pub major: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClassValue {
+    /// Number of host nodes seen in this class when it was last written (informational).
+    pub nodes: u32,
+}
+
+/// A registered container, identified by the id of its cgroup v2 directory.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ContainerKey {
+    pub cgroup_id: u64,
+}
+
+/// Verdict counters of a registered container (guarded classes only).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ContainerStats {
+    pub allowed: u64,
+    pub denied: u64,
+}
+
+/// One granted device node of one container.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GrantKey {
+    pub cgroup_id: u64,
+    pub dev_type: u32,
+    pub major: u32,
+    pub minor: u32,
+    /// Always zero: keeps the key free of undefined padding bytes.
+    pub pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GrantValue {
+    /// `ACC_*` bits the container may use on this node.
+    pub access: u32,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+
+    // SAFETY (all impls): the types are #[repr(C)], made only of integers, with padding spelled
+    // out as fields, so every byte is initialised and every bit pattern is a valid value.
+    unsafe impl aya::Pod for ClassKey {}
+    unsafe impl aya::Pod for ClassValue {}
+    unsafe impl aya::Pod for ContainerKey {}
+    unsafe impl aya::Pod for ContainerStats {}
+    unsafe impl aya::Pod for GrantKey {}
+    unsafe impl aya::Pod for GrantValue {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<ClassKey>(), 8);
+        assert_eq!(size_of::<ClassValue>(), 4);
+        assert_eq!(size_of::<ContainerKey>(), 8);
+        assert_eq!(size_of::<ContainerStats>(), 16);
+        assert_eq!(size_of::<GrantKey>(), 24);
+        assert_eq!(size_of::<GrantValue>(), 4);
+    }
+
+    #[test]
+    fn map_names_fit_the_kernel_limit() {
+        for name in [MAP_CLASSES, MAP_CONTAINERS, MAP_GRANTS, PROGRAM_NAME] {
+            assert!(name.len() <= 15, "{name} is longer than BPF_OBJ_NAME_LEN - 1");
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! `/etc/npu-container-runtime/config.toml`: where things live and what an NPU is on this host.
+//!
+//! A missing file means defaults; an unknown key or a bad value is an error naming the key and
+//! the file, so a typo never silently changes what a container is given.
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Default location of the configuration file.
+pub const DEFAULT_PATH: &str = "/etc/npu-container-runtime/config.toml";
+/// Environment variable naming another configuration file.
+pub const PATH_ENV: &str = "NPU_CONTAINER_RUNTIME_CONFIG";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Low-level runtimes to exec, first executable wins (names are looked up in PATH).
+    pub runtimes: Vec<String>,
+    pub log_file: Option<PathBuf>,
+    pub log_level: LogLevel,
+    /// Where host device nodes are found.
+    pub dev_root: PathBuf,
+    /// Prefix of host paths named in mount lists.
+    pub driver_root: PathBuf,
+    pub mount_list_dir: PathBuf,
+    /// bpffs directory holding the pinned guard program and maps.
+    pub bpf_dir: PathBuf,
+    /// Per-container records, so poststop can clean up without a pid.
+    pub state_dir: PathBuf,
+    /// Glob for NPU chip nodes under `dev_root`; the trailing digits are the NPU index.
+    pub chip_pattern: String,
+    /// Nodes every NPU container needs; a missing one is an error when NPUs are requested.
+    pub management_devices: Vec<String>,
+    /// Nodes given to NPU containers when the host has them, skipped when absent.
+    pub optional_management_devices: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            runtimes: vec!["runc".into(), "crun".into()],
+            log_file: None,
+            log_level: LogLevel::Info,
+            dev_root: "/dev".into(),
+            driver_root: "/".into(),
+            mount_list_dir: "/etc/npu-container-runtime/mounts.d".into(),
+            bpf_dir: "/sys/fs/bpf/npu-container-runtime".into(),
+            state_dir: "/run/npu-container-runtime".into(),
+            chip_pattern: "davinci[0-9]*".into(),
+            management_devices: vec![
+                "davinci_manager".into(),
+                "devmm_svm".into(),
+                "hisi_hdc".into(),
+            ],
+            optional_management_devices: [
+                "svm0",
+                "ts_aisle",
+                "upgrade",
+                "sys",
+                "vdec",
+                "vpc",
+                "pngd",
+                "venc",
+                "dvpp_cmdlist",
+                "log_drv",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads the file named by `NPU_CONTAINER_RUNTIME_CONFIG`, else the default path.
+    pub fn load() -> Result<Self, ConfigError> {
+        match std::env::var_os(PATH_ENV) {
+            // An explicitly named file must exist: a typo in the variable is not "defaults".
+            Some(path) => Self::from_file(Path::new(&path)),
+            None => match std::fs::read_to_string(DEFAULT_PATH) {
+                Ok(text) => Self::parse(&text, Path::new(DEFAULT_PATH)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+                Err(source) => Err(ConfigError::Read {
+                    path: DEFAULT_PATH.into(),
+                    source,
+                }),
+            },
+        }
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates `text`; `path` only names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.into(),
+            message,
+        };
+        let config: Self = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        for (key, value) in [
+            ("dev_root", &config.dev_root),
+            ("driver_root", &config.driver_root),
+            ("mount_list_dir", &config.mount_list_dir),
+            ("bpf_dir", &config.bpf_dir),
+            ("state_dir", &config.state_dir),
+        ] {
+            if !value.is_absolute() {
+                return Err(invalid(format!(
+                    "key `{key}`: {} is not an absolute path",
+                    value.display()
+                )));
+            }
+        }
+        if let Some(log_file) = &config.log_file
+            && !log_file.is_absolute()
+        {
+            return Err(invalid(format!(
+                "key `log_file`: {} is not an absolute path",
+                log_file.display()
+            )));
+        }
+        if config.runtimes.is_empty() || config.runtimes.iter().any(String::is_empty) {
+            return Err(invalid(
+                "key `runtimes`: needs at least one non-empty runtime name".into(),
+            ));
+        }
+        glob::Pattern::new(&config.chip_pattern)
+            .map_err(|e| invalid(format!("key `chip_pattern`: {e}")))?;
+        for (key, names) in [
+            ("management_devices", &config.management_devices),
+            (
+                "optional_management_devices",
+                &config.optional_management_devices,
+            ),
+        ] {
+            if let Some(bad) = names
+                .iter()
+                .find(|n| n.is_empty() || n.contains('/') || *n == "." || *n == "..")
+            {
+                return Err(invalid(format!(
+                    "key `{key}`: {bad:?} is not a device name under dev_root"
+                )));
+            }
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/test.toml"))
+    }
+
+    #[test]
+    fn empty_file_is_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn keys_override_defaults() {
+        let c = parse(
+            "runtimes = [\"crun\"]\ndev_root = \"/tmp/dev\"\nlog_level = \"debug\"\n\
+             management_devices = [\"davinci_manager\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.runtimes, ["crun"]);
+        assert_eq!(c.dev_root, Path::new("/tmp/dev"));
+        assert_eq!(c.log_level, LogLevel::Debug);
+        assert_eq!(c.management_devices, ["davinci_manager"]);
+        assert_eq!(c.bpf_dir, Config::default().bpf_dir);
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_file() {
+        let e = parse("dev_rot = \"/dev\"\n").unwrap_err().to_string();
+        assert!(e.contains("dev_rot") && e.contains("/etc/test.toml"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (text, key) in [
+            ("dev_root = \"dev\"", "dev_root"),
+            ("state_dir = \"run\"", "state_dir"),
+            ("log_file = \"x.log\"", "log_file"),
+            ("runtimes = []", "runtimes"),
+            ("log_level = \"loud\"", "log_level"),
+            ("chip_pattern = \"davinci[\"", "chip_pattern"),
+            ("management_devices = [\"../sda\"]", "management_devices"),
+            ("dev_root = 3", "dev_root"),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(
+                e.contains(key) && e.contains("/etc/test.toml"),
+                "{text}: {e}"
+            );
+        }
+    }
+}

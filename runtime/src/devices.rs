@@ -1,0 +1,467 @@
+//! Host device discovery and the device model shared by both enforcement backends.
+//!
+//! The host's NPU nodes (chips, virtual chips, management devices) are found by `lstat` under
+//! `dev_root`, never by following links. Their (type, major) pairs form the *guarded classes*:
+//! inside an NPU container every node of a guarded class is denied unless granted.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    os::unix::fs::{FileTypeExt, MetadataExt},
+    path::{Path, PathBuf},
+};
+
+use npu_guard_common::{ACC_ALL, ACC_MKNOD, ACC_READ, ACC_WRITE, DEV_BLOCK, DEV_CHAR};
+
+use crate::config::Config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("cannot list devices in {path}: {source}")]
+    ReadDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid chip_pattern {pattern:?}: {message}")]
+    Pattern { pattern: String, message: String },
+    #[error("NPU {index} does not exist on this host (NPUs found: {found})")]
+    NoSuchChip { index: u32, found: String },
+    #[error("required management device {path} is missing")]
+    MissingManagement { path: PathBuf },
+    #[error("invalid access {0:?}: expected letters from \"rwm\"")]
+    Access(String),
+}
+
+/// Device type, as cgroup rules and the kernel's BPF context spell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DevType {
+    Char,
+    Block,
+}
+
+impl DevType {
+    /// `BPF_DEVCG_DEV_*` value.
+    pub fn bpf(self) -> u32 {
+        match self {
+            Self::Char => DEV_CHAR,
+            Self::Block => DEV_BLOCK,
+        }
+    }
+
+    pub fn from_bpf(value: u32) -> Option<Self> {
+        match value {
+            DEV_CHAR => Some(Self::Char),
+            DEV_BLOCK => Some(Self::Block),
+            _ => None,
+        }
+    }
+
+    /// Letter used by cgroup v1 rules and OCI `linux.resources.devices`.
+    pub fn letter(self) -> char {
+        match self {
+            Self::Char => 'c',
+            Self::Block => 'b',
+        }
+    }
+}
+
+/// Access bits (`BPF_DEVCG_ACC_*` values): read, write, mknod.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Access(u32);
+
+impl Access {
+    pub const NONE: Self = Self(0);
+    pub const READ: Self = Self(ACC_READ);
+    pub const WRITE: Self = Self(ACC_WRITE);
+    pub const MKNOD: Self = Self(ACC_MKNOD);
+    pub const ALL: Self = Self(ACC_ALL);
+
+    pub fn bits(self) -> u32 {
+        self.0
+    }
+
+    /// Keeps only known bits.
+    pub fn from_bits(bits: u32) -> Self {
+        Self(bits & ACC_ALL)
+    }
+
+    pub fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn union(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+
+    pub fn minus(self, other: Self) -> Self {
+        Self(self.0 & !other.0)
+    }
+
+    /// Parses `rwm` letters in any order (an empty string is no access).
+    pub fn parse(text: &str) -> Result<Self, DeviceError> {
+        let mut bits = 0;
+        for c in text.chars() {
+            bits |= match c {
+                'r' => ACC_READ,
+                'w' => ACC_WRITE,
+                'm' => ACC_MKNOD,
+                _ => return Err(DeviceError::Access(text.into())),
+            };
+        }
+        Ok(Self(bits))
+    }
+}
+
+impl fmt::Display for Access {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (bit, letter) in [(ACC_READ, 'r'), (ACC_WRITE, 'w'), (ACC_MKNOD, 'm')] {
+            if self.0 & bit != 0 {
+                write!(f, "{letter}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Access {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Access({self})")
+    }
+}
+
+/// A device class: every node of one (type, major).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeviceClass {
+    pub dev_type: DevType,
+    pub major: u32,
+}
+
+/// A device node found on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceNode {
+    /// File name under `dev_root`, e.g. `davinci3`.
+    pub name: String,
+    pub path: PathBuf,
+    pub dev_type: DevType,
+    pub major: u32,
+    pub minor: u32,
+    /// Permission bits of the host node.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl DeviceNode {
+    pub fn class(&self) -> DeviceClass {
+        DeviceClass {
+            dev_type: self.dev_type,
+            major: self.major,
+        }
+    }
+
+    /// Reads the node at `path` without following a final symlink; `None` if it is not a
+    /// device node.
+    pub fn stat(path: &Path) -> std::io::Result<Option<Self>> {
+        let meta = std::fs::symlink_metadata(path)?;
+        let ft = meta.file_type();
+        let dev_type = if ft.is_char_device() {
+            DevType::Char
+        } else if ft.is_block_device() {
+            DevType::Block
+        } else {
+            return Ok(None);
+        };
+        let rdev = meta.rdev();
+        Ok(Some(Self {
+            name: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            path: path.to_path_buf(),
+            dev_type,
+            major: nix::sys::stat::major(rdev) as u32,
+            minor: nix::sys::stat::minor(rdev) as u32,
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+        }))
+    }
+}
+
+/// One device a container may use, with the access it may use it with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Grant {
+    pub dev_type: DevType,
+    pub major: u32,
+    pub minor: u32,
+    pub access: Access,
+}
+
+impl Grant {
+    pub fn full(node: &DeviceNode) -> Self {
+        Self {
+            dev_type: node.dev_type,
+            major: node.major,
+            minor: node.minor,
+            access: Access::ALL,
+        }
+    }
+
+    pub fn covers(&self, node: &DeviceNode) -> bool {
+        self.dev_type == node.dev_type && self.major == node.major && self.minor == node.minor
+    }
+}
+
+/// The NPU-related nodes of this host.
+#[derive(Debug, Clone, Default)]
+pub struct HostDevices {
+    /// NPU chips by index (`davinciN`).
+    pub chips: BTreeMap<u32, DeviceNode>,
+    /// Virtual NPUs by index (`vdavinciN`), given with the `VIRTUAL` option.
+    pub virtual_chips: BTreeMap<u32, DeviceNode>,
+    /// Management nodes present on the host, required then optional, in config order.
+    pub management: Vec<DeviceNode>,
+    /// Required management nodes that are absent.
+    pub missing_management: Vec<PathBuf>,
+    /// Every node under `dev_root` whose class is guarded (includes all of the above).
+    pub guarded_nodes: Vec<DeviceNode>,
+}
+
+impl HostDevices {
+    /// Scans `config.dev_root` (one level, no symlinks followed).
+    pub fn discover(config: &Config) -> Result<Self, DeviceError> {
+        let pattern_error = |e: glob::PatternError| DeviceError::Pattern {
+            pattern: config.chip_pattern.clone(),
+            message: e.to_string(),
+        };
+        let chip = glob::Pattern::new(&config.chip_pattern).map_err(pattern_error)?;
+        let virtual_chip =
+            glob::Pattern::new(&format!("v{}", config.chip_pattern)).map_err(pattern_error)?;
+        let dev_root = &config.dev_root;
+        let read_dir_error = |source| DeviceError::ReadDir {
+            path: dev_root.clone(),
+            source,
+        };
+
+        let mut all = Vec::new();
+        for entry in std::fs::read_dir(dev_root).map_err(read_dir_error)? {
+            let entry = entry.map_err(read_dir_error)?;
+            // Nodes can vanish between readdir and lstat (hot unplug): skip them.
+            if let Ok(Some(node)) = DeviceNode::stat(&entry.path()) {
+                all.push(node);
+            }
+        }
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+
+        let mut host = Self::default();
+        for node in &all {
+            if let Some(index) = chip_index(&node.name, &chip) {
+                host.chips.insert(index, node.clone());
+            } else if let Some(index) = chip_index(&node.name, &virtual_chip) {
+                host.virtual_chips.insert(index, node.clone());
+            }
+        }
+        let by_name = |name: &str| all.iter().find(|n| n.name == name);
+        for name in &config.management_devices {
+            match by_name(name) {
+                Some(node) => host.management.push(node.clone()),
+                None => host.missing_management.push(dev_root.join(name)),
+            }
+        }
+        for name in &config.optional_management_devices {
+            if let Some(node) = by_name(name) {
+                host.management.push(node.clone());
+            }
+        }
+        let classes = host.classes();
+        host.guarded_nodes = all
+            .into_iter()
+            .filter(|n| classes.contains(&n.class()))
+            .collect();
+        Ok(host)
+    }
+
+    /// The guarded classes: (type, major) of every NPU-related node.
+    pub fn classes(&self) -> BTreeSet<DeviceClass> {
+        self.chips
+            .values()
+            .chain(self.virtual_chips.values())
+            .chain(&self.management)
+            .map(DeviceNode::class)
+            .collect()
+    }
+
+    /// Full grants for the given chip indices plus every management node; fails naming the
+    /// first unknown index (and the NPUs that exist) or a missing required management node.
+    pub fn grants_for(&self, indices: &[u32]) -> Result<Vec<Grant>, DeviceError> {
+        let mut grants = Vec::with_capacity(indices.len() + self.management.len());
+        for &index in indices {
+            let node = self
+                .chips
+                .get(&index)
+                .ok_or_else(|| DeviceError::NoSuchChip {
+                    index,
+                    found: self.describe_chips(),
+                })?;
+            grants.push(Grant::full(node));
+        }
+        if let Some(path) = self.missing_management.first() {
+            return Err(DeviceError::MissingManagement { path: path.clone() });
+        }
+        grants.extend(self.management.iter().map(Grant::full));
+        grants.sort();
+        grants.dedup();
+        Ok(grants)
+    }
+
+    /// `0-3,5`-style summary of the chip indices found, or `none`.
+    pub fn describe_chips(&self) -> String {
+        let indices: Vec<u32> = self.chips.keys().copied().collect();
+        if indices.is_empty() {
+            return "none".into();
+        }
+        let mut parts = Vec::new();
+        let mut start = indices[0];
+        let mut prev = start;
+        for &i in &indices[1..] {
+            if i != prev + 1 {
+                parts.push(range_text(start, prev));
+                start = i;
+            }
+            prev = i;
+        }
+        parts.push(range_text(start, prev));
+        parts.join(",")
+    }
+}
+
+fn range_text(start: u32, end: u32) -> String {
+    if start == end {
+        start.to_string()
+    } else {
+        format!("{start}-{end}")
+    }
+}
+
+/// The index of a chip node: the name matches the pattern and ends in decimal digits.
+fn chip_index(name: &str, pattern: &glob::Pattern) -> Option<u32> {
+    if !pattern.matches(name) {
+        return None;
+    }
+    let digits = name.len() - name.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    if digits == 0 {
+        return None;
+    }
+    name[name.len() - digits..].parse().ok()
+}
+
+/// Majors registered with drivers, per type, from `/proc/devices`.
+pub fn registered_majors(proc_devices: &str) -> BTreeSet<DeviceClass> {
+    let mut dev_type = None;
+    let mut classes = BTreeSet::new();
+    for line in proc_devices.lines() {
+        match line.trim() {
+            "Character devices:" => dev_type = Some(DevType::Char),
+            "Block devices:" => dev_type = Some(DevType::Block),
+            other => {
+                let major = other.split_whitespace().next().and_then(|m| m.parse().ok());
+                if let (Some(dev_type), Some(major)) = (dev_type, major) {
+                    classes.insert(DeviceClass { dev_type, major });
+                }
+            }
+        }
+    }
+    classes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, major: u32, minor: u32) -> DeviceNode {
+        DeviceNode {
+            name: name.into(),
+            path: Path::new("/dev").join(name),
+            dev_type: DevType::Char,
+            major,
+            minor,
+            mode: 0o660,
+            uid: 0,
+            gid: 0,
+        }
+    }
+
+    fn host() -> HostDevices {
+        let mut h = HostDevices::default();
+        for i in [0, 1, 2, 3, 5] {
+            h.chips.insert(i, node(&format!("davinci{i}"), 240, i));
+        }
+        h.management = vec![node("davinci_manager", 241, 0), node("devmm_svm", 242, 0)];
+        h
+    }
+
+    #[test]
+    fn access_round_trips() {
+        assert_eq!(Access::parse("rwm").unwrap(), Access::ALL);
+        assert_eq!(Access::parse("mr").unwrap().to_string(), "rm");
+        assert_eq!(Access::parse("").unwrap(), Access::NONE);
+        assert!(Access::parse("rx").is_err());
+        assert!(Access::ALL.contains(Access::READ.union(Access::WRITE)));
+        assert_eq!(Access::ALL.minus(Access::READ).to_string(), "wm");
+    }
+
+    #[test]
+    fn chip_index_needs_trailing_digits() {
+        let p = glob::Pattern::new("davinci[0-9]*").unwrap();
+        assert_eq!(chip_index("davinci0", &p), Some(0));
+        assert_eq!(chip_index("davinci17", &p), Some(17));
+        assert_eq!(chip_index("davinci_manager", &p), None);
+        assert_eq!(chip_index("davinci1x", &p), None);
+        assert_eq!(chip_index("vdavinci1", &p), None);
+    }
+
+    #[test]
+    fn classes_cover_chips_and_management() {
+        let classes: Vec<_> = host().classes().into_iter().map(|c| c.major).collect();
+        assert_eq!(classes, [240, 241, 242]);
+    }
+
+    #[test]
+    fn grants_are_chips_plus_management_sorted() {
+        let g = host().grants_for(&[3, 1]).unwrap();
+        let ids: Vec<_> = g.iter().map(|g| (g.major, g.minor)).collect();
+        assert_eq!(ids, [(240, 1), (240, 3), (241, 0), (242, 0)]);
+        assert!(g.iter().all(|g| g.access == Access::ALL));
+    }
+
+    #[test]
+    fn unknown_chip_names_existing_ones() {
+        let e = host().grants_for(&[4]).unwrap_err().to_string();
+        assert!(e.contains("NPU 4") && e.contains("0-3,5"), "{e}");
+        assert_eq!(HostDevices::default().describe_chips(), "none");
+    }
+
+    #[test]
+    fn missing_required_management_is_an_error() {
+        let mut h = host();
+        h.missing_management.push("/dev/hisi_hdc".into());
+        let e = h.grants_for(&[0]).unwrap_err().to_string();
+        assert!(e.contains("/dev/hisi_hdc"), "{e}");
+    }
+
+    #[test]
+    fn proc_devices_parsing() {
+        let text = "Character devices:\n  1 mem\n  4 /dev/vc/0\n 10 misc\n\nBlock devices:\n  7 loop\n259 blkext\n";
+        let got: Vec<_> = registered_majors(text)
+            .into_iter()
+            .map(|c| (c.dev_type.letter(), c.major))
+            .collect();
+        assert_eq!(
+            got,
+            [('c', 1), ('c', 4), ('c', 10), ('b', 7), ('b', 259)]
+        );
+    }
+}

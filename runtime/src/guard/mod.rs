@@ -1,0 +1,456 @@
+//! The cgroup v2 device guard: the compiled program from `ebpf/`, loaded once per program
+//! version, pinned with its maps under `bpf_dir/<version>/`, and attached to NPU containers'
+//! cgroups.
+//!
+//! Loading with aya costs tens of milliseconds (ELF, BTF, feature probes), so it happens once
+//! per build; every later container start only opens the pins (four `bpf(BPF_OBJ_GET)` calls).
+//! A new build pins beside the old one: containers already attached to the old program keep
+//! it, and its maps, until they stop.
+mod sys;
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{HashMap, Map, MapData, MapError, PerCpuHashMap, PerCpuValues},
+    programs::{CgroupDevice, ProgramError},
+};
+use npu_guard_common::{
+    ClassKey, ClassValue, ContainerKey, ContainerStats, GrantKey, GrantValue, MAP_CLASSES,
+    MAP_CONTAINERS, MAP_GRANTS, PROGRAM_NAME,
+};
+
+use crate::devices::{Access, DevType, DeviceClass, Grant};
+
+/// The guard program, built from `ebpf/` by this crate's build script.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/npu-guard"));
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// `bpf_map_update_elem` flag: fail if the key exists.
+const BPF_NOEXIST: u64 = 1;
+/// Where bpffs lives by convention; mounted there when missing.
+const BPFFS_ROOT: &str = "/sys/fs/bpf";
+
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    #[error("{path} is not on a bpffs, and only {BPFFS_ROOT} is mounted automatically")]
+    NotBpffs { path: PathBuf },
+    #[error("cannot prepare bpffs directory {path}: {source}")]
+    Bpffs {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot load the device guard program: {0}")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error("cannot load the device guard program: {0}")]
+    Program(#[from] ProgramError),
+    #[error("the guard object has no {0}")]
+    Missing(&'static str),
+    #[error("cannot pin {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        source: aya::pin::PinError,
+    },
+    #[error("cannot open pinned {path}: {source}")]
+    OpenPin { path: PathBuf, source: MapError },
+    #[error("cannot {op} in map {map}: {source}")]
+    Map {
+        op: &'static str,
+        map: &'static str,
+        source: MapError,
+    },
+    #[error("cannot open cgroup {path}: {source}")]
+    Cgroup {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot attach the device guard to {path}: {source}")]
+    Attach {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("refusing cgroup id {0}: not a container cgroup")]
+    BadCgroup(u64),
+}
+
+/// Identifies the embedded program build: a hash of the object file.
+pub fn version() -> String {
+    // FNV-1a: identification, not security (bpffs is writable by root only).
+    let hash = OBJECT.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{hash:016x}")
+}
+
+/// Program versions pinned under `bpf_dir`.
+pub fn versions(bpf_dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut out = Vec::new();
+    match std::fs::read_dir(bpf_dir) {
+        Ok(entries) => {
+            for entry in entries {
+                let entry = entry?;
+                if entry.path().join(PROGRAM_NAME).exists() {
+                    out.push(entry.file_name().to_string_lossy().into_owned());
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// One registered container as the maps show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerPolicy {
+    pub cgroup_id: u64,
+    pub allowed: u64,
+    pub denied: u64,
+    pub grants: Vec<Grant>,
+}
+
+/// Handles on one pinned program version and its maps.
+pub struct Guard {
+    version: String,
+    dir: PathBuf,
+    program: CgroupDevice,
+    classes: HashMap<MapData, ClassKey, ClassValue>,
+    containers: PerCpuHashMap<MapData, ContainerKey, ContainerStats>,
+    grants: HashMap<MapData, GrantKey, GrantValue>,
+}
+
+impl Guard {
+    /// Opens the pinned program of this build under `bpf_dir`, loading and pinning it first if
+    /// no earlier call did (mounting bpffs at /sys/fs/bpf if needed).
+    pub fn ensure(bpf_dir: &Path) -> Result<Self, GuardError> {
+        ensure_bpffs(bpf_dir)?;
+        let version = version();
+        let dir = bpf_dir.join(&version);
+        // The program is pinned last, so its pin means the maps are there too.
+        if dir.join(PROGRAM_NAME).exists() {
+            return Self::open_dir(dir, version);
+        }
+        let lock_error = |source| GuardError::Bpffs {
+            path: bpf_dir.into(),
+            source,
+        };
+        let lock_dir = File::open(bpf_dir).map_err(lock_error)?;
+        let _lock = nix::fcntl::Flock::lock(lock_dir, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, errno)| lock_error(errno.into()))?;
+        if !dir.join(PROGRAM_NAME).exists() {
+            load_and_pin(&dir)?;
+        }
+        Self::open_dir(dir, version)
+    }
+
+    /// Opens an already pinned program version (e.g. an older build's, to unregister from it).
+    pub fn open(bpf_dir: &Path, version: &str) -> Result<Self, GuardError> {
+        Self::open_dir(bpf_dir.join(version), version.to_string())
+    }
+
+    fn open_dir(dir: PathBuf, version: String) -> Result<Self, GuardError> {
+        let program = CgroupDevice::from_pin(dir.join(PROGRAM_NAME))?;
+        Ok(Self {
+            classes: open_map(&dir, MAP_CLASSES)?,
+            containers: open_map(&dir, MAP_CONTAINERS)?,
+            grants: open_map(&dir, MAP_GRANTS)?,
+            program,
+            version,
+            dir,
+        })
+    }
+
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// The directory holding this version's pins.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The kernel's id of the pinned program.
+    pub fn program_id(&self) -> Result<u32, GuardError> {
+        Ok(self.program.info()?.id())
+    }
+
+    /// Marks device classes as guarded (idempotent; classes are never unguarded).
+    pub fn guard_classes(
+        &mut self,
+        classes: impl IntoIterator<Item = (DeviceClass, u32)>,
+    ) -> Result<(), GuardError> {
+        for (class, nodes) in classes {
+            let key = ClassKey {
+                dev_type: class.dev_type.bpf(),
+                major: class.major,
+            };
+            self.classes
+                .insert(key, ClassValue { nodes }, 0)
+                .map_err(map_error("insert", MAP_CLASSES))?;
+        }
+        Ok(())
+    }
+
+    /// Registers the container whose cgroup has id `cgroup_id` with exactly `grants`.
+    /// On failure nothing of it is left in the maps.
+    pub fn register(&mut self, cgroup_id: u64, grants: &[Grant]) -> Result<(), GuardError> {
+        // Ids 0 and 1 are "none" and the root cgroup: registering them would open NPUs to
+        // the whole host.
+        if cgroup_id <= 1 {
+            return Err(GuardError::BadCgroup(cgroup_id));
+        }
+        let result = self.insert_registration(cgroup_id, grants);
+        if result.is_err() {
+            // Best effort: the error that matters is the one already in hand.
+            let _ = self.unregister(cgroup_id, grants);
+        }
+        result
+    }
+
+    fn insert_registration(&mut self, cgroup_id: u64, grants: &[Grant]) -> Result<(), GuardError> {
+        for g in grants {
+            self.grants
+                .insert(
+                    grant_key(cgroup_id, g),
+                    GrantValue {
+                        access: g.access.bits(),
+                    },
+                    0,
+                )
+                .map_err(map_error("insert", MAP_GRANTS))?;
+        }
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| GuardError::Map {
+            op: "size",
+            map: MAP_CONTAINERS,
+            source: MapError::IoError(e),
+        })?;
+        let zeros = PerCpuValues::try_from(vec![ContainerStats::default(); cpus]).map_err(|e| {
+            GuardError::Map {
+                op: "size",
+                map: MAP_CONTAINERS,
+                source: MapError::IoError(e),
+            }
+        })?;
+        // BPF_NOEXIST keeps the counters of a container registered before (a re-run).
+        match self
+            .containers
+            .insert(ContainerKey { cgroup_id }, zeros, BPF_NOEXIST)
+        {
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
+                Ok(())
+            }
+            other => other.map_err(map_error("insert", MAP_CONTAINERS)),
+        }
+    }
+
+    /// Removes the container and its grants. The container entry goes first, so from that
+    /// moment every guarded access from the cgroup is denied. Missing entries are fine.
+    pub fn unregister(&mut self, cgroup_id: u64, grants: &[Grant]) -> Result<(), GuardError> {
+        ignore_missing(self.containers.remove(&ContainerKey { cgroup_id }))
+            .map_err(map_error("remove", MAP_CONTAINERS))?;
+        for g in grants {
+            ignore_missing(self.grants.remove(&grant_key(cgroup_id, g)))
+                .map_err(map_error("remove", MAP_GRANTS))?;
+        }
+        Ok(())
+    }
+
+    /// Attaches the program to the cgroup directory `cgroup` unless it already is.
+    /// Returns whether it attached now.
+    pub fn attach(&self, cgroup: &Path) -> Result<bool, GuardError> {
+        let dir = File::open(cgroup).map_err(|source| GuardError::Cgroup {
+            path: cgroup.into(),
+            source,
+        })?;
+        if self.attached_to_fd(&dir, cgroup)? {
+            return Ok(false);
+        }
+        let prog = self.program.fd()?;
+        sys::attach_device_program(dir.as_fd(), prog.as_fd()).map_err(|source| {
+            GuardError::Attach {
+                path: cgroup.into(),
+                source,
+            }
+        })?;
+        Ok(true)
+    }
+
+    /// Whether this program is attached directly to the cgroup directory `cgroup`.
+    pub fn is_attached(&self, cgroup: &Path) -> Result<bool, GuardError> {
+        let dir = File::open(cgroup).map_err(|source| GuardError::Cgroup {
+            path: cgroup.into(),
+            source,
+        })?;
+        self.attached_to_fd(&dir, cgroup)
+    }
+
+    fn attached_to_fd(&self, dir: &File, path: &Path) -> Result<bool, GuardError> {
+        let id = self.program_id()?;
+        let ids = sys::attached_device_programs(dir.as_fd()).map_err(|source| {
+            GuardError::Attach {
+                path: path.into(),
+                source,
+            }
+        })?;
+        Ok(ids.contains(&id))
+    }
+
+    /// Every registered container with its counters and grants, by cgroup id.
+    pub fn policy(&self) -> Result<Vec<ContainerPolicy>, GuardError> {
+        let mut by_id: BTreeMap<u64, ContainerPolicy> = BTreeMap::new();
+        for entry in self.containers.iter() {
+            let (key, per_cpu) = entry.map_err(map_error("read", MAP_CONTAINERS))?;
+            let (allowed, denied) = per_cpu
+                .iter()
+                .fold((0, 0), |(a, d), s| (a + s.allowed, d + s.denied));
+            by_id.insert(
+                key.cgroup_id,
+                ContainerPolicy {
+                    cgroup_id: key.cgroup_id,
+                    allowed,
+                    denied,
+                    grants: Vec::new(),
+                },
+            );
+        }
+        for entry in self.grants.iter() {
+            let (key, value) = entry.map_err(map_error("read", MAP_GRANTS))?;
+            // Grants without a container entry are leftovers of an interrupted cleanup; they
+            // grant nothing (no owner) and `gc` removes them.
+            if let (Some(policy), Some(dev_type)) =
+                (by_id.get_mut(&key.cgroup_id), DevType::from_bpf(key.dev_type))
+            {
+                policy.grants.push(Grant {
+                    dev_type,
+                    major: key.major,
+                    minor: key.minor,
+                    access: Access::from_bits(value.access),
+                });
+            }
+        }
+        let mut out: Vec<_> = by_id.into_values().collect();
+        for p in &mut out {
+            p.grants.sort();
+        }
+        Ok(out)
+    }
+}
+
+fn grant_key(cgroup_id: u64, g: &Grant) -> GrantKey {
+    GrantKey {
+        cgroup_id,
+        dev_type: g.dev_type.bpf(),
+        major: g.major,
+        minor: g.minor,
+        pad: 0,
+    }
+}
+
+fn map_error(op: &'static str, map: &'static str) -> impl Fn(MapError) -> GuardError {
+    move |source| GuardError::Map { op, map, source }
+}
+
+fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
+    match result {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+fn open_map<T>(dir: &Path, name: &'static str) -> Result<T, GuardError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    let path = dir.join(name);
+    let open_error = |source| GuardError::OpenPin {
+        path: path.clone(),
+        source,
+    };
+    let data = MapData::from_pin(&path).map_err(open_error)?;
+    Map::from_map_data(data)
+        .and_then(T::try_from)
+        .map_err(open_error)
+}
+
+/// Loads the embedded object and pins maps, then the program, into `dir`.
+/// Called with the bpf_dir lock held.
+fn load_and_pin(dir: &Path) -> Result<(), GuardError> {
+    let bpffs_error = |source| GuardError::Bpffs {
+        path: dir.into(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(bpffs_error)?;
+    // Leftover map pins of a load that died before pinning the program: unused, replace them.
+    for name in [MAP_CLASSES, MAP_CONTAINERS, MAP_GRANTS] {
+        match std::fs::remove_file(dir.join(name)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(bpffs_error(e)),
+            _ => {}
+        }
+    }
+    let mut ebpf = aya::EbpfLoader::new()
+        .load(OBJECT)
+        .map_err(|e| GuardError::Load(Box::new(e)))?;
+    for name in [MAP_CLASSES, MAP_CONTAINERS, MAP_GRANTS] {
+        let path = dir.join(name);
+        ebpf.map(name)
+            .ok_or(GuardError::Missing(name))?
+            .pin(&path)
+            .map_err(|source| GuardError::Pin { path, source })?;
+    }
+    let program: &mut CgroupDevice = ebpf
+        .program_mut(PROGRAM_NAME)
+        .ok_or(GuardError::Missing(PROGRAM_NAME))?
+        .try_into()?;
+    program.load()?;
+    let path = dir.join(PROGRAM_NAME);
+    program
+        .pin(&path)
+        .map_err(|source| GuardError::Pin { path, source })?;
+    Ok(())
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+}
+
+/// Makes sure `bpf_dir` exists on a bpffs, mounting bpffs at /sys/fs/bpf when that is where
+/// it belongs and nothing is mounted there yet.
+pub fn ensure_bpffs(bpf_dir: &Path) -> Result<(), GuardError> {
+    let mut existing = bpf_dir;
+    while !existing.exists() {
+        existing = existing.parent().unwrap_or(Path::new("/"));
+    }
+    if !is_bpffs(existing) {
+        let root = Path::new(BPFFS_ROOT);
+        if !(bpf_dir.starts_with(root) && existing.starts_with(root) && root.is_dir()) {
+            return Err(GuardError::NotBpffs {
+                path: bpf_dir.into(),
+            });
+        }
+        nix::mount::mount(
+            Some("bpf"),
+            root,
+            Some("bpf"),
+            nix::mount::MsFlags::MS_NOSUID
+                | nix::mount::MsFlags::MS_NODEV
+                | nix::mount::MsFlags::MS_NOEXEC,
+            Some("mode=0700"),
+        )
+        .map_err(|errno| GuardError::Bpffs {
+            path: root.into(),
+            source: errno.into(),
+        })?;
+    }
+    std::fs::create_dir_all(bpf_dir).map_err(|source| GuardError::Bpffs {
+        path: bpf_dir.into(),
+        source,
+    })
+}

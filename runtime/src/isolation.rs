@@ -1,0 +1,124 @@
+//! Confining one container to its grants with whatever this host uses for device control:
+//! the BPF guard on the container's unified cgroup (pure v2, and as a second layer on hybrid
+//! hosts) and the v1 `devices` controller (hybrid and legacy hosts).
+//!
+//! Any failure undoes what was done here and is returned: the caller fails the container.
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    cgroup::{CgroupError, ContainerCgroups, Layout, v1},
+    config::Config,
+    devices::{DeviceError, Grant, HostDevices, registered_majors},
+    guard::{Guard, GuardError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IsolationError {
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Devices(#[from] DeviceError),
+    #[error("cgroup v2 device guard: {0}")]
+    Guard(#[from] GuardError),
+    #[error("cgroup v1 devices controller: {0}")]
+    V1(#[from] v1::V1Error),
+    #[error("cannot read /proc/devices: {0}")]
+    ProcDevices(std::io::Error),
+}
+
+/// What was enforced for a container: enough to release it later without its pid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enforced {
+    /// Guard program version the container is registered with (v2 layer), if any.
+    pub guard_version: Option<String>,
+    pub cgroup_id: Option<u64>,
+    pub unified_dir: Option<PathBuf>,
+    pub devices_v1_dir: Option<PathBuf>,
+}
+
+/// Enforces `grants` on the cgroups of process `pid` (a process of the container).
+pub fn enforce(
+    config: &Config,
+    layout: &Layout,
+    pid: u32,
+    host: &HostDevices,
+    grants: &[Grant],
+) -> Result<Enforced, IsolationError> {
+    let cgroups = layout.container_cgroups(pid)?;
+    enforce_cgroups(config, &cgroups, host, grants)
+}
+
+/// Enforces `grants` on already resolved cgroups.
+pub fn enforce_cgroups(
+    config: &Config,
+    cgroups: &ContainerCgroups,
+    host: &HostDevices,
+    grants: &[Grant],
+) -> Result<Enforced, IsolationError> {
+    let mut done = Enforced {
+        guard_version: None,
+        cgroup_id: None,
+        unified_dir: None,
+        devices_v1_dir: cgroups.devices_v1.clone(),
+    };
+    if let Some(unified) = &cgroups.unified {
+        let mut guard = Guard::ensure(&config.bpf_dir)?;
+        let classes = host.classes().into_iter().map(|class| {
+            let nodes = host
+                .guarded_nodes
+                .iter()
+                .filter(|n| n.class() == class)
+                .count();
+            (class, nodes as u32)
+        });
+        guard.guard_classes(classes)?;
+        guard.register(unified.id, grants)?;
+        if let Err(e) = guard.attach(&unified.dir) {
+            let _ = guard.unregister(unified.id, grants);
+            return Err(e.into());
+        }
+        done.guard_version = Some(guard.version().to_string());
+        done.cgroup_id = Some(unified.id);
+        done.unified_dir = Some(unified.dir.clone());
+    }
+    if let Some(dir) = &cgroups.devices_v1
+        && let Err(e) = enforce_v1(dir, host, grants)
+    {
+        // The v1 writes only narrow access; the runtime removes the cgroup with the failed
+        // container. The guard registration is ours to undo.
+        let _ = release(config, &done, grants);
+        return Err(e);
+    }
+    Ok(done)
+}
+
+fn enforce_v1(
+    dir: &std::path::Path,
+    host: &HostDevices,
+    grants: &[Grant],
+) -> Result<(), IsolationError> {
+    let registered = registered_majors(
+        &std::fs::read_to_string("/proc/devices").map_err(IsolationError::ProcDevices)?,
+    );
+    let state = v1::read_list(dir)?;
+    let plan = v1::plan(
+        &state,
+        &host.classes(),
+        &host.guarded_nodes,
+        grants,
+        &registered,
+    );
+    v1::apply(dir, &plan, &host.guarded_nodes, grants)?;
+    Ok(())
+}
+
+/// Removes a container's guard registration (v1 rules die with its cgroup).
+pub fn release(config: &Config, done: &Enforced, grants: &[Grant]) -> Result<(), IsolationError> {
+    if let (Some(version), Some(id)) = (&done.guard_version, done.cgroup_id) {
+        let mut guard = Guard::open(&config.bpf_dir, version)?;
+        guard.unregister(id, grants)?;
+    }
+    Ok(())
+}

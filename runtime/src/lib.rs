@@ -1,0 +1,15 @@
+//! npu-container-runtime: gives containers exactly the Ascend NPUs they asked for.
+//!
+//! The binaries (`npu-container-runtime`, `npu-container-hook`, `npu-ctk`) are thin layers over
+//! these modules:
+//! - [`config`]: the configuration file;
+//! - [`devices`]: host NPU discovery and the device/grant model;
+//! - [`cgroup`]: how device control works on this host and where a container's cgroups are,
+//!   with the v1 `devices` controller backend in [`cgroup::v1`];
+//! - [`guard`]: the cgroup v2 BPF device guard and its pinned maps;
+//! - [`isolation`]: enforcing a container's grants with whichever backends the host uses.
+pub mod cgroup;
+pub mod config;
+pub mod devices;
+pub mod guard;
+pub mod isolation;
