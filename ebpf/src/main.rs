@@ -28,7 +28,8 @@ static CLASSES: HashMap<ClassKey, ClassValue, MAX_CLASSES> = HashMap::new();
 // Per-CPU, so counting needs no atomics (the BPF target has no atomic read-modify-write in
 // Rust) and CPUs never contend for one cache line.
 #[btf_map(name = "npu_containers")]
-static CONTAINERS: PerCpuHashMap<ContainerKey, ContainerStats, MAX_CONTAINERS> = PerCpuHashMap::new();
+static CONTAINERS: PerCpuHashMap<ContainerKey, ContainerStats, MAX_CONTAINERS> =
+    PerCpuHashMap::new();
 
 #[btf_map(name = "npu_grants")]
 static GRANTS: HashMap<GrantKey, GrantValue, MAX_GRANTS> = HashMap::new();

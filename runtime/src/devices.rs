@@ -228,6 +228,8 @@ pub struct HostDevices {
     pub missing_management: Vec<PathBuf>,
     /// Every node under `dev_root` whose class is guarded (includes all of the above).
     pub guarded_nodes: Vec<DeviceNode>,
+    /// Classes of the other nodes under `dev_root`.
+    pub other_classes: BTreeSet<DeviceClass>,
 }
 
 impl HostDevices {
@@ -277,10 +279,10 @@ impl HostDevices {
             }
         }
         let classes = host.classes();
-        host.guarded_nodes = all
-            .into_iter()
-            .filter(|n| classes.contains(&n.class()))
-            .collect();
+        let (guarded, others): (Vec<_>, Vec<_>) =
+            all.into_iter().partition(|n| classes.contains(&n.class()));
+        host.guarded_nodes = guarded;
+        host.other_classes = others.iter().map(DeviceNode::class).collect();
         Ok(host)
     }
 
@@ -459,9 +461,6 @@ mod tests {
             .into_iter()
             .map(|c| (c.dev_type.letter(), c.major))
             .collect();
-        assert_eq!(
-            got,
-            [('c', 1), ('c', 4), ('c', 10), ('b', 7), ('b', 259)]
-        );
+        assert_eq!(got, [('c', 1), ('c', 4), ('c', 10), ('b', 7), ('b', 259)]);
     }
 }

@@ -99,17 +99,13 @@ fn enforce_v1(
     host: &HostDevices,
     grants: &[Grant],
 ) -> Result<(), IsolationError> {
-    let registered = registered_majors(
+    // Wildcard rules are re-expressed for every class with a driver or a node on this host.
+    let mut known = registered_majors(
         &std::fs::read_to_string("/proc/devices").map_err(IsolationError::ProcDevices)?,
     );
+    known.extend(host.other_classes.iter().copied());
     let state = v1::read_list(dir)?;
-    let plan = v1::plan(
-        &state,
-        &host.classes(),
-        &host.guarded_nodes,
-        grants,
-        &registered,
-    );
+    let plan = v1::plan(&state, &host.classes(), &host.guarded_nodes, grants, &known);
     v1::apply(dir, &plan, &host.guarded_nodes, grants)?;
     Ok(())
 }

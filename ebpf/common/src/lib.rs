@@ -108,7 +108,10 @@ mod tests {
     #[test]
     fn map_names_fit_the_kernel_limit() {
         for name in [MAP_CLASSES, MAP_CONTAINERS, MAP_GRANTS, PROGRAM_NAME] {
-            assert!(name.len() <= 15, "{name} is longer than BPF_OBJ_NAME_LEN - 1");
+            assert!(
+                name.len() <= 15,
+                "{name} is longer than BPF_OBJ_NAME_LEN - 1"
+            );
         }
     }
 }

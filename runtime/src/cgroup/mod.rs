@@ -24,13 +24,17 @@ pub enum CgroupError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("no device control on this host: {CGROUP_ROOT} is not cgroup2 and no cgroup v1 devices controller is mounted")]
+    #[error(
+        "no device control on this host: {CGROUP_ROOT} is not cgroup2 and no cgroup v1 devices controller is mounted"
+    )]
     NoDeviceControl,
     #[error("malformed line in {path}: {line:?}")]
     Malformed { path: PathBuf, line: String },
     #[error("process {pid} has no {what} cgroup in /proc/{pid}/cgroup")]
     NotInCgroup { pid: u32, what: &'static str },
-    #[error("process {pid} is in the root {what} cgroup; refusing to change device access for the whole host")]
+    #[error(
+        "process {pid} is in the root {what} cgroup; refusing to change device access for the whole host"
+    )]
     RootCgroup { pid: u32, what: &'static str },
     #[error("cgroup path {path} of process {pid} is outside the mount at {mount}")]
     OutsideMount {

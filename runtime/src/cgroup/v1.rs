@@ -32,7 +32,9 @@ pub enum V1Error {
     },
     #[error("unexpected line {0:?} in devices.list")]
     Malformed(String),
-    #[error("after writing the rules, {path} still allows {node} with {access:?} where the grant is {granted:?}")]
+    #[error(
+        "after writing the rules, {path} still allows {node} with {access:?} where the grant is {granted:?}"
+    )]
     Verify {
         path: PathBuf,
         node: String,
@@ -186,14 +188,15 @@ pub struct Plan {
 }
 
 /// Computes the writes for a cgroup in `state` so that, for every guarded class, exactly the
-/// `grants` are allowed. `guarded_nodes` are the host nodes of guarded classes;
-/// `registered` the majors with drivers (`/proc/devices`), used to re-express wildcard rules.
+/// `grants` are allowed. `guarded_nodes` are the host nodes of guarded classes; `known` the
+/// classes a removed wildcard rule is re-expressed for (those with a driver or a host node:
+/// a class with neither has nothing to open).
 pub fn plan(
     state: &ListState,
     classes: &BTreeSet<DeviceClass>,
     guarded_nodes: &[DeviceNode],
     grants: &[Grant],
-    registered: &BTreeSet<DeviceClass>,
+    known: &BTreeSet<DeviceClass>,
 ) -> Plan {
     let mut plan = Plan::default();
     match state {
@@ -225,8 +228,8 @@ pub fn plan(
                     ..*rule
                 });
                 if rule.major.is_none() {
-                    // Re-express the wildcard for every registered non-guarded major.
-                    for class in registered {
+                    // Re-express the wildcard for every known non-guarded class.
+                    for class in known {
                         if rule.rule_type.covers(class.dev_type) && !classes.contains(class) {
                             plan.allow_first.push(Rule {
                                 rule_type: RuleType::Dev(class.dev_type),
@@ -354,14 +357,24 @@ mod tests {
         for line in ["a *:* rwm", "c 1:3 rwm", "b 8:* r", "c *:5 wm", "c 240:1 m"] {
             assert_eq!(Rule::parse(line).unwrap().to_string(), line);
         }
-        for bad in ["x 1:3 rwm", "c 1 rwm", "c a:3 rwm", "c 1:3 rwx", "c 1:3", "c 1:3 r extra"] {
+        for bad in [
+            "x 1:3 rwm",
+            "c 1 rwm",
+            "c a:3 rwm",
+            "c 1:3 rwx",
+            "c 1:3",
+            "c 1:3 r extra",
+        ] {
             assert!(Rule::parse(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn list_modes() {
-        assert_eq!(ListState::parse("a *:* rwm\n").unwrap(), ListState::AllowAll);
+        assert_eq!(
+            ListState::parse("a *:* rwm\n").unwrap(),
+            ListState::AllowAll
+        );
         assert_eq!(ListState::parse("").unwrap(), ListState::DenyAll(vec![]));
         let s = ListState::parse("c 1:3 rwm\nc 240:* rw\n").unwrap();
         assert_eq!(
@@ -374,7 +387,13 @@ mod tests {
     #[test]
     fn allow_all_denies_every_other_guarded_node() {
         let (classes, nodes, grants) = fixture();
-        let p = plan(&ListState::AllowAll, &classes, &nodes, &grants, &BTreeSet::new());
+        let p = plan(
+            &ListState::AllowAll,
+            &classes,
+            &nodes,
+            &grants,
+            &BTreeSet::new(),
+        );
         assert!(p.allow_first.is_empty() && p.allow.is_empty());
         assert_eq!(show(&p.deny), ["c 240:0 rwm", "c 240:2 rwm"]);
     }
@@ -402,7 +421,9 @@ mod tests {
     #[test]
     fn deny_all_re_expresses_wildcard_major_without_guarded_classes() {
         let (classes, nodes, grants) = fixture();
-        let registered = [class(1), class(240), class(241), class(10)].into_iter().collect();
+        let registered = [class(1), class(240), class(241), class(10)]
+            .into_iter()
+            .collect();
         let state = ListState::parse("c *:* rwm\nb *:* rwm\n").unwrap();
         let p = plan(&state, &classes, &nodes, &grants, &registered);
         assert_eq!(show(&p.allow_first), ["c 1:* rwm", "c 10:* rwm"]);
@@ -455,7 +476,11 @@ mod tests {
             }
             // Non-guarded devices keep what they had.
             if input.contains("c *:* rwm") || input.contains("c 1:3") {
-                assert_eq!(after.allowed(DevType::Char, 1, 3), Some(Access::ALL), "{input}");
+                assert_eq!(
+                    after.allowed(DevType::Char, 1, 3),
+                    Some(Access::ALL),
+                    "{input}"
+                );
             }
         }
     }

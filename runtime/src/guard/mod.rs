@@ -291,12 +291,11 @@ impl Guard {
 
     fn attached_to_fd(&self, dir: &File, path: &Path) -> Result<bool, GuardError> {
         let id = self.program_id()?;
-        let ids = sys::attached_device_programs(dir.as_fd()).map_err(|source| {
-            GuardError::Attach {
+        let ids =
+            sys::attached_device_programs(dir.as_fd()).map_err(|source| GuardError::Attach {
                 path: path.into(),
                 source,
-            }
-        })?;
+            })?;
         Ok(ids.contains(&id))
     }
 
@@ -322,9 +321,10 @@ impl Guard {
             let (key, value) = entry.map_err(map_error("read", MAP_GRANTS))?;
             // Grants without a container entry are leftovers of an interrupted cleanup; they
             // grant nothing (no owner) and `gc` removes them.
-            if let (Some(policy), Some(dev_type)) =
-                (by_id.get_mut(&key.cgroup_id), DevType::from_bpf(key.dev_type))
-            {
+            if let (Some(policy), Some(dev_type)) = (
+                by_id.get_mut(&key.cgroup_id),
+                DevType::from_bpf(key.dev_type),
+            ) {
                 policy.grants.push(Grant {
                     dev_type,
                     major: key.major,
@@ -358,9 +358,7 @@ fn map_error(op: &'static str, map: &'static str) -> impl Fn(MapError) -> GuardE
 fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
     match result {
         Err(MapError::KeyNotFound) => Ok(()),
-        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
-            Ok(())
-        }
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         other => other,
     }
 }

@@ -1,0 +1,200 @@
+//! The cgroup v2 device guard on real cgroups with fake NPUs: on this VM's own cgroup2 tree
+//! and in a private mount namespace where cgroup2 is /sys/fs/cgroup (a pure v2 host).
+use std::{path::PathBuf, process::Command};
+
+use npu_runtime::isolation::Enforced;
+use npu_tests::{
+    FakeHost, Holder, Place, TestCgroup, V2Namespace, all_ops, assert_matrix, guardctl, have_tool,
+    probe, require, require_root, run, unified_mount, unique,
+};
+
+fn bpftool(args: &[&str]) -> String {
+    run(Command::new("bpftool").args(args))
+}
+
+/// The whole v2 matrix at `place`; `by_pid` enforces through layout detection from a pid
+/// (as the hook will), otherwise on the cgroup directory directly.
+fn guard_matrix(place: Place<'_>, by_pid: bool) {
+    let host = FakeHost::new(4);
+    let cg = TestCgroup::new(&unified_mount(), &unique("npu-guard"));
+    let sub = cg.child("sub");
+    let inside = place.unified_mount();
+    let holder = Holder::start(place, &[cg.dir_under(&inside)], &cg);
+
+    let out = if by_pid {
+        guardctl(place, &host, &["enforce", &holder.pid().to_string(), "1"])
+    } else {
+        let dir = cg.dir_under(&inside);
+        guardctl(place, &host, &["enforce-v2", dir.to_str().unwrap(), "1"])
+    };
+    let done: Enforced = serde_json::from_str(&out).expect("enforce output");
+    assert_eq!(done.cgroup_id, Some(cg.id()));
+    assert_eq!(done.devices_v1_dir, None);
+
+    // guardctl has exited; the program stays attached, next to nothing else here.
+    let show = bpftool(&["cgroup", "show", cg.dir().to_str().unwrap()]);
+    assert!(
+        show.contains("npu_dev_guard") && show.contains("multi"),
+        "bpftool cgroup show: {show}"
+    );
+
+    for (joined, ctx) in [(&cg, "container cgroup"), (&sub, "sub-cgroup")] {
+        let v = probe(place, &[joined.dir_under(&inside)], &all_ops(&host));
+        assert_matrix(&host, &v, &[1], true, ctx);
+    }
+
+    // bpftool prints the grants with BTF field names.
+    let version = done.guard_version.clone().unwrap();
+    let grants_pin = host.config.bpf_dir.join(&version).join("npu_grants");
+    let dump = bpftool(&["map", "dump", "pinned", grants_pin.to_str().unwrap()]);
+    for field in ["cgroup_id", "dev_type", "major", "minor", "access"] {
+        assert!(
+            dump.contains(&format!("\"{field}\"")),
+            "{field} missing: {dump}"
+        );
+    }
+    assert!(
+        dump.contains(&format!("\"cgroup_id\": {}", cg.id())),
+        "{dump}"
+    );
+    assert!(
+        dump.contains(&format!("\"major\": {}", host.chip_major)),
+        "chip grant missing: {dump}"
+    );
+
+    // The counters saw both verdicts.
+    let policy: serde_json::Value =
+        serde_json::from_str(&guardctl(place, &host, &["policy"])).unwrap();
+    let entry = policy
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["cgroup_id"] == cg.id())
+        .expect("container in policy");
+    assert!(entry["allowed"].as_u64().unwrap() > 0, "{entry}");
+    assert!(entry["denied"].as_u64().unwrap() > 0, "{entry}");
+    assert_eq!(entry["grants"].as_array().unwrap().len(), 4, "{entry}");
+
+    // Unregistered: every guarded access from the cgroup is denied, others still work.
+    guardctl(place, &host, &["release", "1", &out]);
+    let v = probe(place, &[cg.dir_under(&inside)], &all_ops(&host));
+    assert_matrix(&host, &v, &[], false, "after release");
+    drop(holder);
+}
+
+fn can_run() -> bool {
+    require_root() && require("bpftool", have_tool("bpftool"))
+}
+
+#[test]
+fn guard_on_host_cgroup2_tree() {
+    if can_run() {
+        guard_matrix(Place::Host, false);
+    }
+}
+
+#[test]
+fn guard_on_pure_v2_host_by_pid() {
+    if can_run()
+        && require(
+            "nsenter and unshare",
+            have_tool("nsenter") && have_tool("unshare"),
+        )
+    {
+        let ns = V2Namespace::new();
+        guard_matrix(Place::V2(&ns), true);
+    }
+}
+
+/// Two containers with disjoint NPUs on one program: each sees only its own.
+#[test]
+fn two_containers_disjoint() {
+    if !can_run() {
+        return;
+    }
+    let host = FakeHost::new(4);
+    let mount = unified_mount();
+    let a = TestCgroup::new(&mount, &unique("npu-a"));
+    let b = TestCgroup::new(&mount, &unique("npu-b"));
+    for (cg, npus, granted) in [(&a, "0,1", [0, 1]), (&b, "2,3", [2, 3])] {
+        let dir = cg.dir();
+        guardctl(
+            Place::Host,
+            &host,
+            &["enforce-v2", dir.to_str().unwrap(), npus],
+        );
+        let _ = granted;
+    }
+    for (cg, granted) in [(&a, [0, 1]), (&b, [2, 3])] {
+        let v = probe(Place::Host, &[cg.dir()], &all_ops(&host));
+        assert_matrix(&host, &v, &granted, true, &cg.rel);
+    }
+}
+
+/// A new build pinned beside an old one: containers on the old program keep their verdicts,
+/// and can still be released from it.
+#[test]
+fn upgrade_keeps_running_containers() {
+    if !can_run() {
+        return;
+    }
+    let host = FakeHost::new(2);
+    let mount = unified_mount();
+    let old = TestCgroup::new(&mount, &unique("npu-old"));
+    let out = guardctl(
+        Place::Host,
+        &host,
+        &["enforce-v2", old.dir().to_str().unwrap(), "0"],
+    );
+    let mut done: Enforced = serde_json::from_str(&out).unwrap();
+    // Pretend that pin set came from an older build: move it aside (bpffs supports rename).
+    let version = done.guard_version.clone().unwrap();
+    let old_dir = host.config.bpf_dir.join("0000000000000000");
+    std::fs::rename(host.config.bpf_dir.join(&version), &old_dir).unwrap();
+    done.guard_version = Some("0000000000000000".into());
+
+    // The next container loads the current build afresh.
+    let new = TestCgroup::new(&mount, &unique("npu-new"));
+    let out_new = guardctl(
+        Place::Host,
+        &host,
+        &["enforce-v2", new.dir().to_str().unwrap(), "1"],
+    );
+    let done_new: Enforced = serde_json::from_str(&out_new).unwrap();
+    assert_eq!(done_new.guard_version.as_deref(), Some(version.as_str()));
+    let ids = |cg: &TestCgroup| -> Vec<PathBuf> { vec![cg.dir()] };
+    assert_matrix(
+        &host,
+        &probe(Place::Host, &ids(&old), &all_ops(&host)),
+        &[0],
+        true,
+        "old",
+    );
+    assert_matrix(
+        &host,
+        &probe(Place::Host, &ids(&new), &all_ops(&host)),
+        &[1],
+        true,
+        "new",
+    );
+
+    guardctl(
+        Place::Host,
+        &host,
+        &["release", "0", &serde_json::to_string(&done).unwrap()],
+    );
+    assert_matrix(
+        &host,
+        &probe(Place::Host, &ids(&old), &all_ops(&host)),
+        &[],
+        false,
+        "old released",
+    );
+    assert_matrix(
+        &host,
+        &probe(Place::Host, &ids(&new), &all_ops(&host)),
+        &[1],
+        true,
+        "new after",
+    );
+}
