@@ -44,13 +44,13 @@ pub fn npu_dev_guard(ctx: DeviceContext) -> i32 {
         dev_type,
         major: dev.major,
     };
-    if CLASSES.get_ptr(&class).is_none() {
+    if CLASSES.get_ptr(class).is_none() {
         return ALLOW;
     }
     let Some((owner, stats)) = owning_container() else {
         return DENY;
     };
-    let grant = GRANTS.get_ptr(&GrantKey {
+    let grant = GRANTS.get_ptr(GrantKey {
         cgroup_id: owner,
         dev_type,
         major: dev.major,
@@ -77,7 +77,7 @@ fn owning_container() -> Option<(u64, *mut ContainerStats)> {
     // SAFETY: the helper takes no arguments and only reads the current task.
     let current = unsafe { bpf_get_current_cgroup_id() };
     // Fast path: almost every access comes from a task in the container's own cgroup.
-    if let Some(stats) = CONTAINERS.get_ptr_mut(&ContainerKey { cgroup_id: current }) {
+    if let Some(stats) = CONTAINERS.get_ptr_mut(ContainerKey { cgroup_id: current }) {
         return Some((current, stats));
     }
     // Levels deeper than the task's own return 0, so walking down from the bound visits the
@@ -90,7 +90,7 @@ fn owning_container() -> Option<(u64, *mut ContainerStats)> {
         if id == 0 || id == current {
             continue;
         }
-        if let Some(stats) = CONTAINERS.get_ptr_mut(&ContainerKey { cgroup_id: id }) {
+        if let Some(stats) = CONTAINERS.get_ptr_mut(ContainerKey { cgroup_id: id }) {
             return Some((id, stats));
         }
     }

@@ -1,1 +1,57 @@
-fn main() {}
+//! Developer tasks: `cargo xtask setup | test`.
+//!
+//! `setup` installs, idempotently, everything the build and the tests need that cargo does not
+//! fetch by itself: Debian packages (runc, bpftool, ...), the nightly `rust-src` component and
+//! `bpf-linker` built against the nightly's own LLVM (DESIGN.md section 5). `test` runs
+//! `setup` first, so it is a single command on a fresh machine.
+mod setup;
+
+use std::process::{Command, ExitCode};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("setup") => setup::all(),
+        Some("test") => setup::all().and_then(|()| test(&args[1..])),
+        _ => Err("usage: cargo xtask setup | test [cargo test args]".into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub type Result<T = ()> = std::result::Result<T, String>;
+
+/// Runs a command with inherited stdio, failing with its name if it fails.
+pub fn run(cmd: &mut Command) -> Result {
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?} failed with {status}"))
+    }
+}
+
+/// Formatting, lints, then every test (unit, kernel-level and end-to-end suites).
+fn test(extra: &[String]) -> Result {
+    let cargo = || {
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.env("PATH", setup::path_with_cargo_bin());
+        cmd
+    };
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    // The eBPF crate is not a default member: lint it on its own target with nightly.
+    run(Command::new("rustup")
+        .args(["run", "nightly", "cargo", "clippy", "-p", "npu-guard-ebpf"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args(["--", "-D", "warnings"])
+        .env("PATH", setup::path_with_cargo_bin()))?;
+    run(cargo().arg("test").args(extra))
+}

@@ -29,7 +29,6 @@ use crate::devices::{Access, DevType, DeviceClass, Grant};
 /// The guard program, built from `ebpf/` by this crate's build script.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/npu-guard"));
 
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// `bpf_map_update_elem` flag: fail if the key exists.
 const BPF_NOEXIST: u64 = 1;
 /// Where bpffs lives by convention; mounted there when missing.
@@ -416,7 +415,8 @@ fn load_and_pin(dir: &Path) -> Result<(), GuardError> {
 }
 
 fn is_bpffs(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
 }
 
 /// Makes sure `bpf_dir` exists on a bpffs, mounting bpffs at /sys/fs/bpf when that is where

@@ -1,0 +1,142 @@
+//! Idempotent installation of build and test prerequisites.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use crate::{Result, run};
+
+/// Debian packages the build, the demo and the suites use.
+const PACKAGES: &[&str] = &[
+    "bpftool",        // the bpftool views in tests and demo
+    "runc",           // the low-level runtime
+    "busybox-static", // container root filesystems
+    "util-linux",     // unshare, nsenter (pure cgroup v2 namespace)
+];
+
+/// bpf-linker release known to build against the nightly's LLVM 22.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn all() -> Result {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("setup installs packages and the tests need root: run as root".into());
+    }
+    apt_packages()?;
+    rust_src()?;
+    bpf_linker()?;
+    Ok(())
+}
+
+fn apt_packages() -> Result {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !dpkg_installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn dpkg_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${db:Status-Status}", package])
+        .output()
+        .is_ok_and(|o| o.status.success() && o.stdout == b"installed")
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn nightly_sysroot() -> Result<PathBuf> {
+    output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+        .map(PathBuf::from)
+        .map_err(|e| format!("the nightly toolchain is needed for the eBPF crate: {e}"))
+}
+
+fn rust_src() -> Result {
+    let sysroot = nightly_sysroot()?;
+    if sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
+        return Ok(());
+    }
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+/// `$CARGO_HOME/bin`, where `cargo install` puts bpf-linker.
+fn cargo_bin() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+        .join("bin")
+}
+
+/// PATH with `$CARGO_HOME/bin` first, so builds find bpf-linker.
+pub fn path_with_cargo_bin() -> std::ffi::OsString {
+    let mut paths = vec![cargo_bin()];
+    if let Some(path) = std::env::var_os("PATH") {
+        paths.extend(std::env::split_paths(&path));
+    }
+    std::env::join_paths(paths).unwrap_or_default()
+}
+
+fn bpf_linker() -> Result {
+    let linker = cargo_bin().join("bpf-linker");
+    let works = Command::new(&linker)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION));
+    if works {
+        return Ok(());
+    }
+    // Build against the nightly's own libLLVM (no system LLVM of that version exists here),
+    // with an rpath so the linker finds it at run time without LD_LIBRARY_PATH.
+    let sysroot = nightly_sysroot()?;
+    let lib = sysroot.join("lib");
+    let llvm = std::fs::read_dir(&lib)
+        .map_err(|e| format!("cannot list {}: {e}", lib.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("libLLVM.so."))
+        .ok_or_else(|| format!("no libLLVM.so.* in {}", lib.display()))?;
+    let version = output(Command::new("rustc").args(["+nightly", "-vV"]))?;
+    let major = version
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .ok_or("cannot tell the nightly's LLVM version")?
+        .to_string();
+    let prefix = std::env::temp_dir().join(format!("npu-bpf-linker-llvm-{major}"));
+    std::fs::create_dir_all(prefix.join("lib")).map_err(|e| e.to_string())?;
+    let link = prefix.join("lib/libLLVM.so");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(lib.join(&llvm), &link).map_err(|e| e.to_string())?;
+    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against {llvm}");
+    run(Command::new("cargo")
+        .args(["install", "--force", "bpf-linker", "--version"])
+        .arg(BPF_LINKER_VERSION)
+        .args(["--no-default-features", "--features"])
+        .arg(format!("llvm-{major}"))
+        .env("LLVM_PREFIX", &prefix)
+        .env(
+            "RUSTFLAGS",
+            format!("-C link-arg=-Wl,-rpath,{}", lib.display()),
+        ))
+}
