@@ -23,8 +23,17 @@ pub enum DeviceError {
     },
     #[error("invalid chip_pattern {pattern:?}: {message}")]
     Pattern { pattern: String, message: String },
-    #[error("NPU {index} does not exist on this host (NPUs found: {found})")]
-    NoSuchChip { index: u32, found: String },
+    #[error("{kind} {index} does not exist on this host ({kind}s found: {found})")]
+    NoSuchChip {
+        kind: &'static str,
+        index: u32,
+        found: String,
+    },
+    #[error("all {kind}s were requested, but this host has none under {dev_root}")]
+    NoChips {
+        kind: &'static str,
+        dev_root: PathBuf,
+    },
     #[error("required management device {path} is missing")]
     MissingManagement { path: PathBuf },
     #[error("invalid access {0:?}: expected letters from \"rwm\"")]
@@ -296,48 +305,107 @@ impl HostDevices {
             .collect()
     }
 
-    /// Full grants for the given chip indices plus every management node; fails naming the
-    /// first unknown index (and the NPUs that exist) or a missing required management node.
-    pub fn grants_for(&self, indices: &[u32]) -> Result<Vec<Grant>, DeviceError> {
-        let mut grants = Vec::with_capacity(indices.len() + self.management.len());
+    /// The nodes a container gets for `indices` (`None`: every chip), with the management
+    /// nodes, as they appear inside the container. With `virtual_devices`, host `vdavinciN`
+    /// nodes are used and appear as `davinciN`. Fails naming an unknown index (and the ones
+    /// that exist) or a missing required management node.
+    pub fn select(
+        &self,
+        indices: Option<&[u32]>,
+        virtual_devices: bool,
+        dev_root: &Path,
+    ) -> Result<Vec<ContainerDevice>, DeviceError> {
+        let (chips, kind) = if virtual_devices {
+            (&self.virtual_chips, "virtual NPU")
+        } else {
+            (&self.chips, "NPU")
+        };
+        let all: Vec<u32>;
+        let indices = match indices {
+            Some(i) => i,
+            None if chips.is_empty() => {
+                return Err(DeviceError::NoChips {
+                    kind,
+                    dev_root: dev_root.into(),
+                });
+            }
+            None => {
+                all = chips.keys().copied().collect();
+                &all
+            }
+        };
+        let mut out = Vec::with_capacity(indices.len() + self.management.len());
         for &index in indices {
-            let node = self
-                .chips
-                .get(&index)
-                .ok_or_else(|| DeviceError::NoSuchChip {
-                    index,
-                    found: self.describe_chips(),
-                })?;
-            grants.push(Grant::full(node));
+            let node = chips.get(&index).ok_or_else(|| DeviceError::NoSuchChip {
+                kind,
+                index,
+                found: describe_indices(chips),
+            })?;
+            // Named like the physical chip inside the container, whatever its host name.
+            let name = node.name.strip_prefix('v').filter(|_| virtual_devices);
+            out.push(ContainerDevice {
+                container_path: Path::new("/dev").join(name.unwrap_or(&node.name)),
+                node: node.clone(),
+            });
         }
         if let Some(path) = self.missing_management.first() {
             return Err(DeviceError::MissingManagement { path: path.clone() });
         }
-        grants.extend(self.management.iter().map(Grant::full));
-        grants.sort();
-        grants.dedup();
-        Ok(grants)
+        out.extend(self.management.iter().map(|node| ContainerDevice {
+            container_path: Path::new("/dev").join(&node.name),
+            node: node.clone(),
+        }));
+        Ok(out)
+    }
+
+    /// Full grants for the given chip indices plus every management node.
+    pub fn grants_for(&self, indices: &[u32]) -> Result<Vec<Grant>, DeviceError> {
+        Ok(grants(&self.select(
+            Some(indices),
+            false,
+            Path::new("/dev"),
+        )?))
     }
 
     /// `0-3,5`-style summary of the chip indices found, or `none`.
     pub fn describe_chips(&self) -> String {
-        let indices: Vec<u32> = self.chips.keys().copied().collect();
-        if indices.is_empty() {
-            return "none".into();
-        }
-        let mut parts = Vec::new();
-        let mut start = indices[0];
-        let mut prev = start;
-        for &i in &indices[1..] {
-            if i != prev + 1 {
-                parts.push(range_text(start, prev));
-                start = i;
-            }
-            prev = i;
-        }
-        parts.push(range_text(start, prev));
-        parts.join(",")
+        describe_indices(&self.chips)
     }
+}
+
+/// A host node as a container sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerDevice {
+    /// Path inside the container, e.g. `/dev/davinci1`.
+    pub container_path: PathBuf,
+    pub node: DeviceNode,
+}
+
+/// Full-access grants for `devices`, sorted, without duplicates.
+pub fn grants(devices: &[ContainerDevice]) -> Vec<Grant> {
+    let mut grants: Vec<Grant> = devices.iter().map(|d| Grant::full(&d.node)).collect();
+    grants.sort();
+    grants.dedup();
+    grants
+}
+
+fn describe_indices(chips: &BTreeMap<u32, DeviceNode>) -> String {
+    let indices: Vec<u32> = chips.keys().copied().collect();
+    if indices.is_empty() {
+        return "none".into();
+    }
+    let mut parts = Vec::new();
+    let mut start = indices[0];
+    let mut prev = start;
+    for &i in &indices[1..] {
+        if i != prev + 1 {
+            parts.push(range_text(start, prev));
+            start = i;
+        }
+        prev = i;
+    }
+    parts.push(range_text(start, prev));
+    parts.join(",")
 }
 
 fn range_text(start: u32, end: u32) -> String {
@@ -444,6 +512,42 @@ mod tests {
         let e = host().grants_for(&[4]).unwrap_err().to_string();
         assert!(e.contains("NPU 4") && e.contains("0-3,5"), "{e}");
         assert_eq!(HostDevices::default().describe_chips(), "none");
+    }
+
+    #[test]
+    fn select_all_and_virtual() {
+        let mut h = host();
+        let all = h.select(None, false, Path::new("/dev")).unwrap();
+        let paths: Vec<_> = all
+            .iter()
+            .map(|d| d.container_path.display().to_string())
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "/dev/davinci0",
+                "/dev/davinci1",
+                "/dev/davinci2",
+                "/dev/davinci3",
+                "/dev/davinci5",
+                "/dev/davinci_manager",
+                "/dev/devmm_svm"
+            ]
+        );
+        h.virtual_chips.insert(7, node("vdavinci7", 243, 7));
+        let v = h.select(Some(&[7]), true, Path::new("/dev")).unwrap();
+        assert_eq!(v[0].container_path, Path::new("/dev/davinci7"));
+        assert_eq!(v[0].node.name, "vdavinci7");
+        let e = h
+            .select(Some(&[1]), true, Path::new("/dev"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("virtual NPU 1") && e.contains("found: 7"), "{e}");
+        let e = HostDevices::default()
+            .select(None, false, Path::new("/x"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("none under /x"), "{e}");
     }
 
     #[test]

@@ -13,3 +13,5 @@ pub mod config;
 pub mod devices;
 pub mod guard;
 pub mod isolation;
+pub mod request;
+pub mod spec;

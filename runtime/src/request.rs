@@ -1,0 +1,334 @@
+//! What a container asks for, from its environment (Ascend ecosystem variables).
+//!
+//! - `ASCEND_VISIBLE_DEVICES`: unset, `""` or `void`: not an NPU container; `all`; a comma list
+//!   of indices and inclusive ranges (`0-3,5`); or the named form (`npu-1`, `Ascend910-1`),
+//!   not mixed. Sorted and de-duplicated.
+//! - `ASCEND_RUNTIME_OPTIONS`: comma list of `NODRV`, `VIRTUAL`.
+//! - `ASCEND_RUNTIME_MOUNTS`: comma list of mount-list names (default `base`).
+//! - `ASCEND_ALLOW_LINK`: `True` allows symlinked mount sources.
+//!
+//! Every error names the variable and the offending item.
+
+pub const VISIBLE_DEVICES: &str = "ASCEND_VISIBLE_DEVICES";
+pub const RUNTIME_OPTIONS: &str = "ASCEND_RUNTIME_OPTIONS";
+pub const RUNTIME_MOUNTS: &str = "ASCEND_RUNTIME_MOUNTS";
+pub const ALLOW_LINK: &str = "ASCEND_ALLOW_LINK";
+
+/// Highest NPU index accepted; bounds range expansion long before memory matters.
+pub const MAX_INDEX: u32 = 65535;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{var}={value:?}: {reason}")]
+pub struct RequestError {
+    pub var: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+/// Which NPUs a container asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    All,
+    /// Sorted, without duplicates, never empty.
+    Indices(Vec<u32>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub devices: Selection,
+    /// `NODRV`: devices only, no driver mounts.
+    pub no_driver: bool,
+    /// `VIRTUAL`: host `vdavinciN` appears as `davinciN`.
+    pub virtual_devices: bool,
+    /// Mount-list names, in request order, without duplicates.
+    pub mount_lists: Vec<String>,
+    pub allow_link: bool,
+}
+
+/// The last value of `name` in an OCI `process.env` list.
+pub fn env_value<'a>(env: &'a [String], name: &str) -> Option<&'a str> {
+    env.iter().rev().find_map(|entry| {
+        entry
+            .split_once('=')
+            .filter(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+    })
+}
+
+impl Request {
+    /// Parses the request in `env`; `Ok(None)` for a container that asked for no NPU.
+    pub fn from_env(env: &[String]) -> Result<Option<Self>, RequestError> {
+        let devices = match env_value(env, VISIBLE_DEVICES) {
+            None | Some("") | Some("void") => return Ok(None),
+            Some(value) => parse_devices(value)?,
+        };
+        let mut request = Self {
+            devices,
+            no_driver: false,
+            virtual_devices: false,
+            mount_lists: vec!["base".into()],
+            allow_link: false,
+        };
+        if let Some(value) = env_value(env, RUNTIME_OPTIONS).filter(|v| !v.is_empty()) {
+            for item in value.split(',') {
+                match item.trim() {
+                    "NODRV" => request.no_driver = true,
+                    "VIRTUAL" => request.virtual_devices = true,
+                    other => {
+                        return Err(error(
+                            RUNTIME_OPTIONS,
+                            value,
+                            format!("unknown option {other:?} (valid: NODRV, VIRTUAL)"),
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some(value) = env_value(env, RUNTIME_MOUNTS) {
+            request.mount_lists.clear();
+            for item in value.split(',') {
+                let name = item.trim();
+                let valid = !name.is_empty()
+                    && name != "."
+                    && name != ".."
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+                if !valid {
+                    return Err(error(
+                        RUNTIME_MOUNTS,
+                        value,
+                        format!(
+                            "invalid mount-list name {name:?} (letters, digits, '.', '_', '-')"
+                        ),
+                    ));
+                }
+                if !request.mount_lists.iter().any(|n| n == name) {
+                    request.mount_lists.push(name.to_string());
+                }
+            }
+        }
+        request.allow_link = match env_value(env, ALLOW_LINK) {
+            None | Some("") | Some("False") | Some("false") => false,
+            Some("True") | Some("true") => true,
+            Some(other) => {
+                return Err(error(ALLOW_LINK, other, "expected True or False".into()));
+            }
+        };
+        Ok(Some(request))
+    }
+}
+
+fn error(var: &'static str, value: &str, reason: String) -> RequestError {
+    RequestError {
+        var,
+        value: value.to_string(),
+        reason,
+    }
+}
+
+/// One decimal index: ASCII digits only (no sign, no unicode digits), at most MAX_INDEX.
+fn parse_index(text: &str) -> Option<u32> {
+    if text.is_empty() || text.len() > 5 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok().filter(|i| *i <= MAX_INDEX)
+}
+
+/// `npu-N` or `Ascend<model>-N`: returns (name, N).
+fn parse_named(item: &str) -> Option<(&str, u32)> {
+    let (name, index) = item.rsplit_once('-')?;
+    let index = parse_index(index)?;
+    let valid = name == "npu"
+        || name.strip_prefix("Ascend").is_some_and(|model| {
+            !model.is_empty() && model.chars().all(|c| c.is_ascii_alphanumeric())
+        });
+    valid.then_some((name, index))
+}
+
+fn parse_devices(value: &str) -> Result<Selection, RequestError> {
+    let fail = |reason: String| Err(error(VISIBLE_DEVICES, value, reason));
+    if value == "all" {
+        return Ok(Selection::All);
+    }
+    let mut indices = Vec::new();
+    let mut named: Option<&str> = None;
+    let mut numeric = false;
+    for raw in value.split(',') {
+        let item = raw.trim();
+        if item.is_empty() {
+            return fail("empty item in the list".into());
+        }
+        if let Some(i) = parse_index(item) {
+            numeric = true;
+            indices.push(i);
+        } else if let Some((start, end)) = item.split_once('-')
+            && let (Some(start), Some(end)) = (parse_index(start), parse_index(end))
+        {
+            if start > end {
+                return fail(format!("range {item:?} is reversed"));
+            }
+            numeric = true;
+            indices.extend(start..=end);
+        } else if let Some((name, i)) = parse_named(item) {
+            if named.is_some_and(|n| n != name) {
+                return fail(format!(
+                    "{item:?} names another chip than {:?}",
+                    named.unwrap_or_default()
+                ));
+            }
+            named = Some(name);
+            indices.push(i);
+        } else {
+            return fail(format!(
+                "malformed item {item:?} (expected all, N, N-M, npu-N or AscendXXX-N, N <= {MAX_INDEX})"
+            ));
+        }
+        if numeric && named.is_some() {
+            return fail("numeric and named items cannot be mixed".into());
+        }
+    }
+    indices.sort_unstable();
+    indices.dedup();
+    Ok(Selection::Indices(indices))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<String> {
+        pairs.iter().map(|(k, v)| format!("{k}={v}")).collect()
+    }
+
+    fn devices(value: &str) -> Result<Selection, RequestError> {
+        Request::from_env(&env(&[(VISIBLE_DEVICES, value)])).map(|r| r.unwrap().devices)
+    }
+
+    fn indices(value: &str) -> Vec<u32> {
+        match devices(value).unwrap() {
+            Selection::Indices(i) => i,
+            Selection::All => panic!("all"),
+        }
+    }
+
+    #[test]
+    fn not_an_npu_container() {
+        for e in [
+            env(&[]),
+            env(&[(VISIBLE_DEVICES, "")]),
+            env(&[(VISIBLE_DEVICES, "void")]),
+        ] {
+            assert_eq!(Request::from_env(&e).unwrap(), None);
+        }
+    }
+
+    #[test]
+    fn lists_ranges_and_named_forms() {
+        assert_eq!(devices("all").unwrap(), Selection::All);
+        assert_eq!(indices("3"), [3]);
+        assert_eq!(indices("0-3,5"), [0, 1, 2, 3, 5]);
+        assert_eq!(indices("5,1,3,1,2-3"), [1, 2, 3, 5]);
+        assert_eq!(indices(" 1 , 2 "), [1, 2]);
+        assert_eq!(indices("npu-1,npu-0"), [0, 1]);
+        assert_eq!(indices("Ascend910-2,Ascend910-7"), [2, 7]);
+        assert_eq!(indices("Ascend310P-0"), [0]);
+        assert_eq!(indices("4-4"), [4]);
+    }
+
+    #[test]
+    fn malformed_requests_name_the_item() {
+        for (value, needle) in [
+            ("x", "\"x\""),
+            ("-1", "\"-1\""),
+            ("1,,2", "empty item"),
+            ("1,", "empty item"),
+            ("   ", "empty item"),
+            ("3-1", "reversed"),
+            ("0-99999", "\"0-99999\""),
+            ("4294967296", "\"4294967296\""),
+            ("99999999999999999999", "\"99999999999999999999\""),
+            ("1,npu-2", "mixed"),
+            ("npu-2,1", "mixed"),
+            ("npu-1,Ascend910-2", "another chip"),
+            ("Ascend-1", "\"Ascend-1\""),
+            ("ascend910-1", "\"ascend910-1\""),
+            ("gpu-1", "\"gpu-1\""),
+            ("ALL", "\"ALL\""),
+            ("١", "\"١\""),
+            ("+1", "\"+1\""),
+            ("1.5", "\"1.5\""),
+            ("0x1", "\"0x1\""),
+            ("1-", "\"1-\""),
+            ("-", "\"-\""),
+            ("1-2-3", "\"1-2-3\""),
+            ("npu-", "\"npu-\""),
+            ("npu--1", "\"npu--1\""),
+            ("1 2", "\"1 2\""),
+            ("all,1", "\"all\""),
+        ] {
+            let e = devices(value).unwrap_err();
+            assert_eq!(e.var, VISIBLE_DEVICES);
+            let text = e.to_string();
+            assert!(text.contains(needle), "{value:?}: {text}");
+            assert!(text.starts_with("ASCEND_VISIBLE_DEVICES="), "{text}");
+        }
+    }
+
+    #[test]
+    fn options() {
+        let r = |opts: &str| {
+            Request::from_env(&env(&[(VISIBLE_DEVICES, "0"), (RUNTIME_OPTIONS, opts)]))
+        };
+        let v = r("VIRTUAL,NODRV").unwrap().unwrap();
+        assert!(v.no_driver && v.virtual_devices);
+        let v = r("NODRV").unwrap().unwrap();
+        assert!(v.no_driver && !v.virtual_devices);
+        assert!(!r("").unwrap().unwrap().no_driver);
+        for bad in ["nodrv", "NODRV,", "FOO", "NODRV,,VIRTUAL"] {
+            let e = r(bad).unwrap_err();
+            assert_eq!(e.var, RUNTIME_OPTIONS, "{bad}");
+        }
+    }
+
+    #[test]
+    fn mount_lists() {
+        let r = |v: &str| Request::from_env(&env(&[(VISIBLE_DEVICES, "0"), (RUNTIME_MOUNTS, v)]));
+        assert_eq!(
+            Request::from_env(&env(&[(VISIBLE_DEVICES, "0")]))
+                .unwrap()
+                .unwrap()
+                .mount_lists,
+            ["base"]
+        );
+        assert_eq!(
+            r("base,extra,base").unwrap().unwrap().mount_lists,
+            ["base", "extra"]
+        );
+        for bad in ["../etc", "a/b", "..", ".", "", "base,", "x y"] {
+            let e = r(bad).unwrap_err();
+            assert_eq!(e.var, RUNTIME_MOUNTS, "{bad}");
+        }
+    }
+
+    #[test]
+    fn allow_link() {
+        let r = |v: &str| Request::from_env(&env(&[(VISIBLE_DEVICES, "0"), (ALLOW_LINK, v)]));
+        assert!(r("True").unwrap().unwrap().allow_link);
+        assert!(!r("False").unwrap().unwrap().allow_link);
+        assert_eq!(r("yes").unwrap_err().var, ALLOW_LINK);
+    }
+
+    #[test]
+    fn last_env_entry_wins() {
+        let e = vec![
+            format!("{VISIBLE_DEVICES}=1"),
+            "PATH=/bin".into(),
+            format!("{VISIBLE_DEVICES}=2"),
+        ];
+        assert_eq!(
+            Request::from_env(&e).unwrap().unwrap().devices,
+            Selection::Indices(vec![2])
+        );
+    }
+}

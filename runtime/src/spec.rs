@@ -1,0 +1,534 @@
+//! Reading and editing a bundle's OCI `config.json`.
+//!
+//! The spec is edited as a JSON tree, not round-tripped through typed structs: an engine may
+//! set fields our oci-spec version does not model, and dropping them would silently change the
+//! container. What we insert is built with oci-spec types, so it is valid by construction.
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+};
+
+use oci_spec::runtime::{
+    Hook, HookBuilder, LinuxDeviceBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType,
+};
+use serde_json::{Map, Value, json};
+
+use crate::devices::{Access, ContainerDevice, DevType, Grant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid OCI spec: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The largest config.json we read: real ones are a few KiB; this bounds a hostile one.
+pub const MAX_SPEC_BYTES: u64 = 16 << 20;
+
+/// A parsed `config.json` and where it came from.
+pub struct Spec {
+    pub path: PathBuf,
+    pub value: Value,
+}
+
+impl Spec {
+    pub fn read(bundle: &Path) -> Result<Self, SpecError> {
+        let path = bundle.join("config.json");
+        let read_error = |source| SpecError::Read {
+            path: path.clone(),
+            source,
+        };
+        let file = std::fs::File::open(&path).map_err(read_error)?;
+        let len = file.metadata().map_err(read_error)?.len();
+        if len > MAX_SPEC_BYTES {
+            return Err(SpecError::Invalid {
+                path,
+                reason: format!("{len} bytes is larger than the {MAX_SPEC_BYTES} accepted"),
+            });
+        }
+        let bytes = std::fs::read(&path).map_err(read_error)?;
+        Self::parse(&bytes, path)
+    }
+
+    pub fn parse(bytes: &[u8], path: PathBuf) -> Result<Self, SpecError> {
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| SpecError::Invalid {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        if !value.is_object() {
+            return Err(SpecError::Invalid {
+                path,
+                reason: "the top level is not an object".into(),
+            });
+        }
+        Ok(Self { path, value })
+    }
+
+    fn invalid(&self, reason: impl Into<String>) -> SpecError {
+        SpecError::Invalid {
+            path: self.path.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    /// `process.env` (empty when absent).
+    pub fn env(&self) -> Result<Vec<String>, SpecError> {
+        match self.value.pointer("/process/env") {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(String::from)
+                        .ok_or_else(|| self.invalid("process.env holds a non-string"))
+                })
+                .collect(),
+            Some(_) => Err(self.invalid("process.env is not an array")),
+        }
+    }
+
+    /// The container's root filesystem (`root.path`, relative to the bundle unless absolute).
+    pub fn rootfs(&self, bundle: &Path) -> Result<PathBuf, SpecError> {
+        let path = self
+            .value
+            .pointer("/root/path")
+            .and_then(Value::as_str)
+            .ok_or_else(|| self.invalid("root.path is missing"))?;
+        Ok(bundle.join(path))
+    }
+
+    /// Paths of `linux.devices` entries.
+    pub fn device_paths(&self) -> Vec<String> {
+        self.value
+            .pointer("/linux/devices")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|d| d.get("path").and_then(Value::as_str))
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Whether `linux.resources.devices` gives `grant` all its access, evaluating the rules
+    /// the way runc does: for each access bit, the last rule that mentions it decides, and
+    /// nothing is allowed by default.
+    pub fn allows(&self, grant: &Grant) -> bool {
+        let rules = self
+            .value
+            .pointer("/linux/resources/devices")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        [Access::READ, Access::WRITE, Access::MKNOD]
+            .into_iter()
+            .filter(|bit| grant.access.contains(*bit))
+            .all(|bit| {
+                rules
+                    .iter()
+                    .rev()
+                    .find(|r| rule_matches(r, grant, bit))
+                    .is_some_and(|r| r.get("allow").and_then(Value::as_bool) == Some(true))
+            })
+    }
+
+    /// Applies our edit. Idempotent: a second application changes nothing.
+    pub fn apply(&mut self, edit: &Edit<'_>) -> Result<(), SpecError> {
+        let path = self.path.clone();
+        let invalid = |reason: &str| SpecError::Invalid {
+            path: path.clone(),
+            reason: reason.into(),
+        };
+        let existing = self.device_paths();
+        let mut devices = Vec::new();
+        for d in edit.devices {
+            if existing.iter().any(|p| Path::new(p) == d.container_path) {
+                continue;
+            }
+            let typ = match d.node.dev_type {
+                DevType::Char => LinuxDeviceType::C,
+                DevType::Block => LinuxDeviceType::B,
+            };
+            let device = LinuxDeviceBuilder::default()
+                .path(d.container_path.clone())
+                .typ(typ)
+                .major(i64::from(d.node.major))
+                .minor(i64::from(d.node.minor))
+                .file_mode(d.node.mode)
+                .uid(d.node.uid)
+                .gid(d.node.gid)
+                .build()
+                .map_err(|e| invalid(&e.to_string()))?;
+            devices.push(to_value(&device));
+        }
+        let mut rules = Vec::new();
+        for grant in crate::devices::grants(edit.devices) {
+            if self.allows(&grant) {
+                continue;
+            }
+            let rule = LinuxDeviceCgroupBuilder::default()
+                .allow(true)
+                .typ(match grant.dev_type {
+                    DevType::Char => LinuxDeviceType::C,
+                    DevType::Block => LinuxDeviceType::B,
+                })
+                .major(i64::from(grant.major))
+                .minor(i64::from(grant.minor))
+                .access(grant.access.to_string())
+                .build()
+                .map_err(|e| invalid(&e.to_string()))?;
+            rules.push(to_value(&rule));
+        }
+        let hooks = [
+            (
+                "createRuntime",
+                edit.hook.entry("create-runtime").map_err(|e| invalid(&e))?,
+            ),
+            (
+                "poststop",
+                edit.hook.entry("poststop").map_err(|e| invalid(&e))?,
+            ),
+        ];
+
+        let root = self.value.as_object_mut().expect("checked at parse");
+        let linux = object_at(root, "linux").ok_or_else(|| invalid("linux is not an object"))?;
+        array_at(linux, "devices")
+            .ok_or_else(|| invalid("linux.devices is not an array"))?
+            .extend(devices);
+        let resources = object_at(linux, "resources")
+            .ok_or_else(|| invalid("linux.resources is not an object"))?;
+        array_at(resources, "devices")
+            .ok_or_else(|| invalid("linux.resources.devices is not an array"))?
+            .extend(rules);
+
+        let root = self.value.as_object_mut().expect("checked at parse");
+        let hooks_obj =
+            object_at(root, "hooks").ok_or_else(|| invalid("hooks is not an object"))?;
+        for (stage, hook) in hooks {
+            let list = array_at(hooks_obj, stage)
+                .ok_or_else(|| invalid(&format!("hooks.{stage} is not an array")))?;
+            let ours = to_value(&hook);
+            if !list.iter().any(|h| same_hook(h, &ours)) {
+                list.push(ours);
+            }
+        }
+
+        let root = self.value.as_object_mut().expect("checked at parse");
+        let process =
+            object_at(root, "process").ok_or_else(|| invalid("process is not an object"))?;
+        let env = array_at(process, "env").ok_or_else(|| invalid("process.env is not an array"))?;
+        for entry in &edit.env {
+            let key = entry.split_once('=').map_or(entry.as_str(), |(k, _)| k);
+            let prefix = format!("{key}=");
+            env.retain(|e| !e.as_str().is_some_and(|s| s.starts_with(&prefix)));
+            env.push(Value::String(entry.clone()));
+        }
+        Ok(())
+    }
+
+    /// Writes the spec back atomically: a temporary file in the bundle, then rename.
+    pub fn write_atomic(&self) -> Result<(), SpecError> {
+        let write_error = |source| SpecError::Write {
+            path: self.path.clone(),
+            source,
+        };
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".config.json.")
+            .tempfile_in(dir)
+            .map_err(write_error)?;
+        serde_json::to_writer(&mut tmp, &self.value).map_err(|e| write_error(e.into()))?;
+        tmp.flush().map_err(write_error)?;
+        // Keep the mode of the original (engines write it 0644 or 0600).
+        if let Ok(meta) = std::fs::metadata(&self.path) {
+            tmp.as_file()
+                .set_permissions(meta.permissions())
+                .map_err(write_error)?;
+        }
+        tmp.persist(&self.path).map_err(|e| write_error(e.error))?;
+        Ok(())
+    }
+}
+
+/// What the shim (or the precreate hook) adds to an NPU container's spec.
+pub struct Edit<'a> {
+    pub devices: &'a [ContainerDevice],
+    pub hook: &'a HookCommand,
+    /// `KEY=VALUE` entries to set in `process.env` (replacing earlier values of KEY).
+    pub env: Vec<String>,
+}
+
+/// How the runtime is to run our hook.
+pub struct HookCommand {
+    pub path: PathBuf,
+    /// The hook's environment (hooks do not inherit the runtime's).
+    pub env: Vec<String>,
+}
+
+impl HookCommand {
+    fn entry(&self, stage: &str) -> Result<Hook, String> {
+        HookBuilder::default()
+            .path(self.path.clone())
+            .args(vec!["npu-container-hook".to_string(), stage.to_string()])
+            .env(self.env.clone())
+            .build()
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).expect("oci-spec types serialize")
+}
+
+/// The object under `key`, created if absent or null; `None` if it is something else.
+fn object_at<'a>(obj: &'a mut Map<String, Value>, key: &str) -> Option<&'a mut Map<String, Value>> {
+    let slot = obj.entry(key).or_insert_with(|| json!({}));
+    if slot.is_null() {
+        *slot = json!({});
+    }
+    slot.as_object_mut()
+}
+
+/// The array under `key`, created if absent or null; `None` if it is something else.
+fn array_at<'a>(obj: &'a mut Map<String, Value>, key: &str) -> Option<&'a mut Vec<Value>> {
+    let slot = obj.entry(key).or_insert_with(|| json!([]));
+    if slot.is_null() {
+        *slot = json!([]);
+    }
+    slot.as_array_mut()
+}
+
+/// Our hook is already there if an entry runs the same stage of a binary with our name.
+fn same_hook(existing: &Value, ours: &Value) -> bool {
+    let name = |v: &Value| {
+        v.get("path")
+            .and_then(Value::as_str)
+            .and_then(|p| Path::new(p).file_name().map(|n| n.to_os_string()))
+    };
+    let stage = |v: &Value| {
+        v.pointer("/args/1")
+            .and_then(Value::as_str)
+            .map(String::from)
+    };
+    name(existing) == name(ours) && stage(existing) == stage(ours)
+}
+
+fn rule_matches(rule: &Value, grant: &Grant, bit: Access) -> bool {
+    let type_ok = match rule.get("type").and_then(Value::as_str) {
+        None | Some("a") => true,
+        Some(t) => t.chars().next() == Some(grant.dev_type.letter()),
+    };
+    let num_ok = |key: &str, want: u32| match rule.get(key) {
+        None | Some(Value::Null) => true,
+        Some(v) => v.as_i64() == Some(i64::from(want)) || v.as_i64() == Some(-1),
+    };
+    // An absent access means "rwm" in runc.
+    let access = rule
+        .get("access")
+        .and_then(Value::as_str)
+        .map_or(Ok(Access::ALL), Access::parse);
+    type_ok
+        && num_ok("major", grant.major)
+        && num_ok("minor", grant.minor)
+        && access.is_ok_and(|a| a.contains(bit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::DeviceNode;
+
+    fn device(path: &str, major: u32, minor: u32) -> ContainerDevice {
+        ContainerDevice {
+            container_path: path.into(),
+            node: DeviceNode {
+                name: path.trim_start_matches("/dev/").into(),
+                path: path.into(),
+                dev_type: DevType::Char,
+                major,
+                minor,
+                mode: 0o660,
+                uid: 0,
+                gid: 44,
+            },
+        }
+    }
+
+    fn hook() -> HookCommand {
+        HookCommand {
+            path: "/usr/bin/npu-container-hook".into(),
+            env: vec!["PATH=/usr/bin:/bin".into()],
+        }
+    }
+
+    const INPUT: &str = r#"{
+        "ociVersion": "1.0.2",
+        "process": {"args": ["sh"], "env": ["PATH=/bin", "ASCEND_VISIBLE_DEVICES=1", "ASCEND_DOCKER_RUNTIME=no"]},
+        "root": {"path": "rootfs"},
+        "linux": {"resources": {"devices": [{"allow": false, "access": "rwm"}]}, "namespaces": []},
+        "vendorExtension": {"keep": ["me"]}
+    }"#;
+
+    #[test]
+    fn edit_matches_golden_json() {
+        let mut spec = Spec::parse(INPUT.as_bytes(), "config.json".into()).unwrap();
+        let devices = [
+            device("/dev/davinci1", 240, 1),
+            device("/dev/davinci_manager", 241, 0),
+        ];
+        let h = hook();
+        let edit = Edit {
+            devices: &devices,
+            hook: &h,
+            env: vec!["ASCEND_DOCKER_RUNTIME=True".into()],
+        };
+        spec.apply(&edit).unwrap();
+        let golden: Value = serde_json::from_str(
+            r#"{
+            "ociVersion": "1.0.2",
+            "process": {"args": ["sh"], "env": ["PATH=/bin", "ASCEND_VISIBLE_DEVICES=1", "ASCEND_DOCKER_RUNTIME=True"]},
+            "root": {"path": "rootfs"},
+            "linux": {
+                "resources": {"devices": [
+                    {"allow": false, "access": "rwm"},
+                    {"allow": true, "type": "c", "major": 240, "minor": 1, "access": "rwm"},
+                    {"allow": true, "type": "c", "major": 241, "minor": 0, "access": "rwm"}
+                ]},
+                "namespaces": [],
+                "devices": [
+                    {"path": "/dev/davinci1", "type": "c", "major": 240, "minor": 1, "fileMode": 432, "uid": 0, "gid": 44},
+                    {"path": "/dev/davinci_manager", "type": "c", "major": 241, "minor": 0, "fileMode": 432, "uid": 0, "gid": 44}
+                ]
+            },
+            "hooks": {
+                "createRuntime": [{"path": "/usr/bin/npu-container-hook", "args": ["npu-container-hook", "create-runtime"], "env": ["PATH=/usr/bin:/bin"]}],
+                "poststop": [{"path": "/usr/bin/npu-container-hook", "args": ["npu-container-hook", "poststop"], "env": ["PATH=/usr/bin:/bin"]}]
+            },
+            "vendorExtension": {"keep": ["me"]}
+        }"#,
+        )
+        .unwrap();
+        assert_eq!(
+            spec.value,
+            golden,
+            "{}",
+            serde_json::to_string_pretty(&spec.value).unwrap()
+        );
+
+        // A second application changes nothing.
+        spec.apply(&edit).unwrap();
+        assert_eq!(spec.value, golden);
+    }
+
+    #[test]
+    fn existing_entries_are_respected() {
+        let mut spec = Spec::parse(
+            br#"{"process": {}, "root": {"path": "/r"}, "linux": {
+                "devices": [{"path": "/dev/davinci1", "type": "c", "major": 240, "minor": 1}],
+                "resources": {"devices": [{"allow": true, "access": "rwm"}]}},
+              "hooks": {"createRuntime": [{"path": "/opt/x/npu-container-hook", "args": ["npu-container-hook", "create-runtime"]}]}}"#,
+            "c".into(),
+        )
+        .unwrap();
+        let devices = [device("/dev/davinci1", 240, 1)];
+        let h = hook();
+        spec.apply(&Edit {
+            devices: &devices,
+            hook: &h,
+            env: vec![],
+        })
+        .unwrap();
+        assert_eq!(spec.device_paths(), ["/dev/davinci1"]);
+        // Allowed already by the allow-all rule: no extra rule.
+        assert_eq!(
+            spec.value
+                .pointer("/linux/resources/devices")
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            spec.value
+                .pointer("/hooks/createRuntime")
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            spec.value
+                .pointer("/hooks/poststop")
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn rule_evaluation_follows_runc() {
+        let g = Grant {
+            dev_type: DevType::Char,
+            major: 240,
+            minor: 1,
+            access: Access::ALL,
+        };
+        let spec = |rules: &str| {
+            Spec::parse(
+                format!(r#"{{"linux": {{"resources": {{"devices": {rules}}}}}}}"#).as_bytes(),
+                "c".into(),
+            )
+            .unwrap()
+        };
+        assert!(!spec("[]").allows(&g));
+        assert!(spec(r#"[{"allow": true, "access": "rwm"}]"#).allows(&g));
+        assert!(
+            spec(r#"[{"allow": true, "type": "c", "major": 240, "access": "rwm"}]"#).allows(&g)
+        );
+        assert!(
+            !spec(r#"[{"allow": true, "type": "c", "major": 240, "minor": 1, "access": "rw"}]"#)
+                .allows(&g)
+        );
+        assert!(!spec(r#"[{"allow": true, "type": "c", "major": 240, "minor": 1, "access": "rwm"}, {"allow": false, "access": "rwm"}]"#).allows(&g));
+        assert!(
+            !spec(r#"[{"allow": true, "type": "b", "major": 240, "minor": 1, "access": "rwm"}]"#)
+                .allows(&g)
+        );
+    }
+
+    #[test]
+    fn malformed_specs_are_named() {
+        for bad in [
+            &b"not json"[..],
+            b"[1]",
+            b"{\"process\": {\"env\": \"x\"}}",
+            b"{\"process\": {\"env\": [1]}}",
+        ] {
+            let r = Spec::parse(bad, "/b/config.json".into()).and_then(|s| s.env().map(drop));
+            let e = r.unwrap_err().to_string();
+            assert!(e.contains("/b/config.json"), "{e}");
+        }
+        let mut s = Spec::parse(br#"{"linux": {"devices": {}}}"#, "/b/config.json".into()).unwrap();
+        let h = hook();
+        let e = s.apply(&Edit {
+            devices: &[device("/dev/davinci0", 240, 0)],
+            hook: &h,
+            env: vec![],
+        });
+        assert!(e.unwrap_err().to_string().contains("linux.devices"));
+    }
+}
