@@ -200,8 +200,12 @@ impl DeviceNode {
     }
 }
 
-/// One device a container may use, with the access it may use it with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// One device a container may use, with the access it may use it with. Written as a cgroup
+/// rule, `c 240:1 rwm`, in records and messages.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(into = "String", try_from = "String")]
 pub struct Grant {
     pub dev_type: DevType,
     pub major: u32,
@@ -218,9 +222,44 @@ impl Grant {
             access: Access::ALL,
         }
     }
+}
 
-    pub fn covers(&self, node: &DeviceNode) -> bool {
-        self.dev_type == node.dev_type && self.major == node.major && self.minor == node.minor
+impl fmt::Display for Grant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = self.dev_type.letter();
+        write!(f, "{t} {}:{} {}", self.major, self.minor, self.access)
+    }
+}
+
+impl From<Grant> for String {
+    fn from(g: Grant) -> Self {
+        g.to_string()
+    }
+}
+
+impl TryFrom<String> for Grant {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let bad = || format!("invalid grant {text:?}: expected \"c MAJOR:MINOR rwm\"");
+        let mut parts = text.split(' ');
+        let (Some(t), Some(majmin), Some(access), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
+        let dev_type = match t {
+            "c" => DevType::Char,
+            "b" => DevType::Block,
+            _ => return Err(bad()),
+        };
+        let (major, minor) = majmin.split_once(':').ok_or_else(bad)?;
+        Ok(Self {
+            dev_type,
+            major: major.parse().map_err(|_| bad())?,
+            minor: minor.parse().map_err(|_| bad())?,
+            access: Access::parse(access).map_err(|_| bad())?,
+        })
     }
 }
 
@@ -481,6 +520,23 @@ mod tests {
         assert!(Access::parse("rx").is_err());
         assert!(Access::ALL.contains(Access::READ.union(Access::WRITE)));
         assert_eq!(Access::ALL.minus(Access::READ).to_string(), "wm");
+    }
+
+    #[test]
+    fn grant_text_round_trips() {
+        let g = Grant::full(&node("davinci1", 240, 1));
+        assert_eq!(g.to_string(), "c 240:1 rwm");
+        assert_eq!(Grant::try_from(g.to_string()).unwrap(), g);
+        for bad in [
+            "",
+            "c 240:1",
+            "x 1:1 r",
+            "c a:1 r",
+            "c 1:1 rx",
+            "c 1:1 r extra",
+        ] {
+            assert!(Grant::try_from(bad.to_string()).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -8,10 +8,13 @@
 //!   with the v1 `devices` controller backend in [`cgroup::v1`];
 //! - [`guard`]: the cgroup v2 BPF device guard and its pinned maps;
 //! - [`isolation`]: enforcing a container's grants with whichever backends the host uses.
+pub mod args;
 pub mod cgroup;
 pub mod config;
 pub mod devices;
 pub mod guard;
 pub mod isolation;
+pub mod mounts;
 pub mod request;
 pub mod spec;
+pub mod state;

@@ -42,6 +42,8 @@ pub struct Request {
     pub virtual_devices: bool,
     /// Mount-list names, in request order, without duplicates.
     pub mount_lists: Vec<String>,
+    /// Whether the container named its mount lists (else `base` is the default).
+    pub mount_lists_explicit: bool,
     pub allow_link: bool,
 }
 
@@ -67,6 +69,7 @@ impl Request {
             no_driver: false,
             virtual_devices: false,
             mount_lists: vec!["base".into()],
+            mount_lists_explicit: false,
             allow_link: false,
         };
         if let Some(value) = env_value(env, RUNTIME_OPTIONS).filter(|v| !v.is_empty()) {
@@ -86,6 +89,7 @@ impl Request {
         }
         if let Some(value) = env_value(env, RUNTIME_MOUNTS) {
             request.mount_lists.clear();
+            request.mount_lists_explicit = true;
             for item in value.split(',') {
                 let name = item.trim();
                 let valid = !name.is_empty()

@@ -1,0 +1,446 @@
+//! Driver mounts: mount lists, the policy for their sources, and binding them into a
+//! container's root filesystem without ever leaving it.
+//!
+//! Each source becomes a detached, read-only/nosuid/nodev bind mount (`open_tree` +
+//! `mount_setattr`) while the hook is still in the host's mount namespace, and is checked on
+//! that very mount (so swapping the path afterwards changes nothing). Inside the container's
+//! mount namespace every target is resolved within the rootfs (pathrs, openat2
+//! `RESOLVE_IN_ROOT`), so a symlink in the image can never redirect a mount or a created file
+//! onto the host. The tree is then attached on the resolved handle with `move_mount`.
+use std::{
+    ffi::CString,
+    fs::File,
+    os::fd::{AsFd, AsRawFd, OwnedFd},
+    os::unix::fs::{MetadataExt, PermissionsExt},
+    path::{Path, PathBuf},
+};
+
+use pathrs::{InodeType, Root};
+use rustix::mount::{MoveMountFlags, OpenTreeFlags};
+
+use crate::devices::{ContainerDevice, DevType};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("mount list {name:?} does not exist ({path} not found)")]
+    UnknownList { name: String, path: PathBuf },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}: {reason}")]
+    BadLine {
+        file: PathBuf,
+        line: usize,
+        reason: String,
+    },
+    #[error("refusing mount source {path}: {reason}")]
+    Refused { path: PathBuf, reason: String },
+    #[error("cannot {op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot {op} {path} inside the container rootfs: {source}")]
+    InRoot {
+        op: &'static str,
+        path: PathBuf,
+        source: pathrs::error::Error,
+    },
+    #[error("{path} in the container rootfs is a {found}, but the source is a {expected}")]
+    TargetType {
+        path: PathBuf,
+        found: &'static str,
+        expected: &'static str,
+    },
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> MountError + 'a {
+    move |source| MountError::Io {
+        op,
+        path: path.into(),
+        source,
+    }
+}
+
+/// Parses a mount list: one absolute path per line, `#` comments and blank lines skipped.
+pub fn parse_list(text: &str, file: &Path) -> Result<Vec<PathBuf>, MountError> {
+    let mut out = Vec::new();
+    for (n, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = |reason: &str| MountError::BadLine {
+            file: file.into(),
+            line: n + 1,
+            reason: format!("{reason}: {line:?}"),
+        };
+        let path = Path::new(line);
+        if !path.is_absolute() {
+            return Err(bad("not an absolute path"));
+        }
+        // Path::components hides "." components, so look at the text.
+        if line.split('/').any(|c| c == "." || c == "..") {
+            return Err(bad("'.' and '..' are not allowed"));
+        }
+        if path == Path::new("/") {
+            return Err(bad("the root directory cannot be mounted"));
+        }
+        if !out.iter().any(|p: &PathBuf| p == path) {
+            out.push(path.to_path_buf());
+        }
+    }
+    Ok(out)
+}
+
+/// Reads `<dir>/<name>.list` for each name, in order. A missing list is an error, except
+/// the default `base` list when the container did not name lists itself.
+pub fn read_lists(
+    dir: &Path,
+    names: &[String],
+    explicit: bool,
+) -> Result<Vec<PathBuf>, MountError> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    for name in names {
+        let path = dir.join(format!("{name}.list"));
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if !explicit && name == "base" {
+                    tracing::info!(list = %path.display(), "no default mount list; no driver mounts");
+                    continue;
+                }
+                return Err(MountError::UnknownList {
+                    name: name.clone(),
+                    path,
+                });
+            }
+            Err(source) => return Err(MountError::Read { path, source }),
+        };
+        for p in parse_list(&text, &path)? {
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A source ready to attach: a detached read-only bind mount of the host path.
+pub struct Prepared {
+    /// Where it goes in the container (same path as on the host, under driver_root).
+    pub container_path: PathBuf,
+    pub is_dir: bool,
+    tree: OwnedFd,
+}
+
+/// Checks the host source of `path` (under `driver_root`) and makes its detached read-only
+/// bind mount. `Ok(None)`: the source does not exist (logged and skipped).
+pub fn prepare(
+    driver_root: &Path,
+    path: &Path,
+    allow_link: bool,
+) -> Result<Option<Prepared>, MountError> {
+    let rel = path.strip_prefix("/").unwrap_or(path);
+    let host = driver_root.join(rel);
+    let refused = |reason: String| MountError::Refused {
+        path: host.clone(),
+        reason,
+    };
+    let meta = match std::fs::symlink_metadata(&host) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::info!(source = %host.display(), "mount source missing; skipped");
+            return Ok(None);
+        }
+        Err(e) => return Err(io("inspect", &host)(e)),
+    };
+    // Every directory from driver_root down must be root-owned and not world-writable, or
+    // someone else could swap what we mount.
+    let mut dir = host.parent();
+    while let Some(d) = dir {
+        if !d.starts_with(driver_root) || d == driver_root {
+            break;
+        }
+        let m = std::fs::symlink_metadata(d).map_err(io("inspect", d))?;
+        check_owner(&m, d).map_err(|reason| MountError::Refused {
+            path: host.clone(),
+            reason: format!("parent {}: {reason}", d.display()),
+        })?;
+        dir = d.parent();
+    }
+    let mut flags = OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC;
+    if meta.file_type().is_symlink() {
+        if !allow_link {
+            return Err(refused(
+                "it is a symlink (set ASCEND_ALLOW_LINK=True to allow root-owned links)".into(),
+            ));
+        }
+        check_owner(&meta, &host).map_err(|r| refused(format!("symlink {r}")))?;
+    } else {
+        flags |= OpenTreeFlags::AT_SYMLINK_NOFOLLOW;
+    }
+    let tree = rustix::mount::open_tree(rustix::fs::CWD, &host, flags)
+        .map_err(|e| io("open", &host)(e.into()))?;
+    // Judge what will actually be mounted, not the path we looked at.
+    let file = File::from(tree);
+    let meta = file.metadata().map_err(io("inspect", &host))?;
+    check_owner(&meta, &host).map_err(refused)?;
+    let is_dir = meta.is_dir();
+    if !is_dir && !meta.is_file() {
+        return Err(refused(
+            "only regular files and directories are mounted".into(),
+        ));
+    }
+    let tree = OwnedFd::from(file);
+    set_read_only(&tree).map_err(io("make read-only", &host))?;
+    Ok(Some(Prepared {
+        container_path: path.to_path_buf(),
+        is_dir,
+        tree,
+    }))
+}
+
+fn check_owner(meta: &std::fs::Metadata, path: &Path) -> Result<(), String> {
+    if meta.uid() != 0 {
+        return Err(format!(
+            "{} is owned by uid {}, not root",
+            path.display(),
+            meta.uid()
+        ));
+    }
+    // The sticky bit does not make a writable directory safe for our purpose.
+    if meta.permissions().mode() & 0o002 != 0 {
+        return Err(format!("{} is world-writable", path.display()));
+    }
+    Ok(())
+}
+
+/// `mount_setattr(fd, "", AT_EMPTY_PATH, {RDONLY|NOSUID|NODEV})` on a detached tree.
+fn set_read_only(tree: &OwnedFd) -> std::io::Result<()> {
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    const MOUNT_ATTR_RDONLY: u64 = 0x1;
+    const MOUNT_ATTR_NOSUID: u64 = 0x2;
+    const MOUNT_ATTR_NODEV: u64 = 0x4;
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let empty = CString::default();
+    // SAFETY: `tree` is an open mount fd, `empty` a valid C string and `attr` a live
+    // `struct mount_attr` whose exact size is passed; the kernel only reads them.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn in_root<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(pathrs::error::Error) -> MountError + 'a {
+    move |source| MountError::InRoot {
+        op,
+        path: path.into(),
+        source,
+    }
+}
+
+fn kind(meta: &std::fs::Metadata) -> &'static str {
+    if meta.is_dir() {
+        "directory"
+    } else if meta.is_file() {
+        "file"
+    } else {
+        "special file"
+    }
+}
+
+/// Attaches a prepared mount at its path inside `root`, creating the target (and parents)
+/// inside the rootfs when missing. Must run in the container's mount namespace.
+pub fn attach(root: &Root, prepared: Prepared) -> Result<(), MountError> {
+    let path = &prepared.container_path;
+    let rel = path.strip_prefix("/").unwrap_or(path);
+    let dir_perm = std::fs::Permissions::from_mode(0o755);
+    let handle = if prepared.is_dir {
+        root.mkdir_all(rel, &dir_perm)
+            .map_err(in_root("create directory", path))?
+    } else {
+        if let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) {
+            root.mkdir_all(parent, &dir_perm)
+                .map_err(in_root("create directory", parent))?;
+        }
+        match root.resolve(rel) {
+            Ok(h) => h,
+            Err(_) => {
+                root.create(
+                    rel,
+                    &InodeType::File(std::fs::Permissions::from_mode(0o644)),
+                )
+                .map_err(in_root("create", path))?;
+                root.resolve(rel).map_err(in_root("resolve", path))?
+            }
+        }
+    };
+    let target = File::from(OwnedFd::from(handle));
+    let meta = target.metadata().map_err(io("inspect", path))?;
+    if meta.is_dir() != prepared.is_dir || !(meta.is_dir() || meta.is_file()) {
+        return Err(MountError::TargetType {
+            path: path.clone(),
+            found: kind(&meta),
+            expected: if prepared.is_dir { "directory" } else { "file" },
+        });
+    }
+    rustix::mount::move_mount(
+        prepared.tree.as_fd(),
+        "",
+        target.as_fd(),
+        "",
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+    )
+    .map_err(|e| io("mount onto", path)(e.into()))
+}
+
+/// Creates a device node inside `root` (hook-only mode, where the runtime did not), with the
+/// host node's mode and owner. An existing node for the same device is kept.
+pub fn create_device(root: &Root, device: &ContainerDevice) -> Result<(), MountError> {
+    let path = &device.container_path;
+    let rel = path.strip_prefix("/").unwrap_or(path);
+    let node = &device.node;
+    let dev = rustix::fs::makedev(node.major, node.minor);
+    if let Ok(handle) = root.resolve_nofollow(rel) {
+        let meta = File::from(OwnedFd::from(handle))
+            .metadata()
+            .map_err(io("inspect", path))?;
+        let same_type = match node.dev_type {
+            DevType::Char => std::os::unix::fs::FileTypeExt::is_char_device(&meta.file_type()),
+            DevType::Block => std::os::unix::fs::FileTypeExt::is_block_device(&meta.file_type()),
+        };
+        if same_type && meta.rdev() == dev {
+            return Ok(());
+        }
+        return Err(MountError::TargetType {
+            path: path.clone(),
+            found: kind(&meta),
+            expected: "device node",
+        });
+    }
+    if let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) {
+        root.mkdir_all(parent, &std::fs::Permissions::from_mode(0o755))
+            .map_err(in_root("create directory", parent))?;
+    }
+    let perm = std::fs::Permissions::from_mode(node.mode);
+    let inode = match node.dev_type {
+        DevType::Char => InodeType::CharacterDevice(perm, dev),
+        DevType::Block => InodeType::BlockDevice(perm, dev),
+    };
+    root.create(rel, &inode).map_err(in_root("create", path))?;
+    let handle = root
+        .resolve_nofollow(rel)
+        .map_err(in_root("resolve", path))?;
+    rustix::fs::chownat(
+        &handle,
+        "",
+        Some(rustix::fs::Uid::from_raw(node.uid)),
+        Some(rustix::fs::Gid::from_raw(node.gid)),
+        rustix::fs::AtFlags::EMPTY_PATH,
+    )
+    .map_err(|e| io("chown", path)(e.into()))
+}
+
+/// Runs `f` in the mount namespace of process `pid`, then returns to ours.
+pub fn in_mount_namespace<T>(pid: u32, f: impl FnOnce() -> T) -> Result<T, MountError> {
+    let ours_path = Path::new("/proc/self/ns/mnt");
+    let theirs_path = PathBuf::from(format!("/proc/{pid}/ns/mnt"));
+    let ours = File::open(ours_path).map_err(io("open", ours_path))?;
+    let theirs = File::open(&theirs_path).map_err(io("open", &theirs_path))?;
+    nix::sched::setns(&theirs, nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(|e| io("enter mount namespace", &theirs_path)(e.into()))?;
+    let result = f();
+    // Coming back cannot fail for a namespace we were in a moment ago; if it ever did, the
+    // hook's later host-side steps fail loudly on missing paths rather than act wrongly.
+    nix::sched::setns(&ours, nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(|e| io("return to mount namespace", ours_path)(e.into()))?;
+    Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_syntax() {
+        let text = "# driver\n/usr/local/Ascend/driver/lib64\n\n  /usr/local/bin/npu-smi  \n/usr/local/Ascend/driver/lib64\n";
+        let got = parse_list(text, Path::new("/m/base.list")).unwrap();
+        assert_eq!(
+            got,
+            [
+                PathBuf::from("/usr/local/Ascend/driver/lib64"),
+                PathBuf::from("/usr/local/bin/npu-smi")
+            ]
+        );
+        for (bad, needle) in [
+            ("usr/lib\n", "absolute"),
+            ("/usr/../etc\n", "'..'"),
+            ("/usr/./lib\n", "'..'"),
+            ("/\n", "root directory"),
+        ] {
+            let e = parse_list(bad, Path::new("/m/x.list"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("/m/x.list:1") && e.contains(needle),
+                "{bad}: {e}"
+            );
+        }
+        let e = parse_list("/ok\n\nrel\n", Path::new("/m/y.list"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("/m/y.list:3"), "{e}");
+    }
+
+    #[test]
+    fn missing_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("extra.list"), "/a\n/b\n").unwrap();
+        assert!(
+            read_lists(dir.path(), &["base".into()], false)
+                .unwrap()
+                .is_empty()
+        );
+        let e = read_lists(dir.path(), &["base".into()], true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"base\""), "{e}");
+        let e = read_lists(dir.path(), &["nope".into()], true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"nope\"") && e.contains("nope.list"), "{e}");
+        assert_eq!(
+            read_lists(dir.path(), &["extra".into(), "extra".into()], true).unwrap(),
+            [PathBuf::from("/a"), PathBuf::from("/b")]
+        );
+    }
+}

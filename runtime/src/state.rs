@@ -1,0 +1,144 @@
+//! Per-container records under `state_dir`: what was granted and enforced, so `poststop`,
+//! `update` and the operator tool can act without the container's pid.
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{devices::Grant, isolation::Enforced};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("invalid container id {0:?}")]
+    BadId(String),
+    #[error("cannot {op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("corrupt record {path}: {source}")]
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub id: String,
+    pub bundle: PathBuf,
+    /// Device paths inside the container.
+    pub devices: Vec<PathBuf>,
+    pub grants: Vec<Grant>,
+    pub enforced: Enforced,
+}
+
+/// The record file of container `id`; ids are runc's (`[A-Za-z0-9_+.-]`, not `.`/`..`).
+pub fn record_path(state_dir: &Path, id: &str) -> Result<PathBuf, StateError> {
+    let valid = !id.is_empty()
+        && id != "."
+        && id != ".."
+        && id.len() <= 1024
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_+.-".contains(c));
+    if !valid {
+        return Err(StateError::BadId(id.into()));
+    }
+    Ok(state_dir.join(format!("{id}.json")))
+}
+
+/// Writes the record atomically (temporary file + rename).
+pub fn write(state_dir: &Path, record: &Record) -> Result<(), StateError> {
+    let path = record_path(state_dir, &record.id)?;
+    let io = |op| {
+        let path = path.clone();
+        move |source| StateError::Io { op, path, source }
+    };
+    std::fs::create_dir_all(state_dir).map_err(io("create"))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".record.")
+        .tempfile_in(state_dir)
+        .map_err(io("create"))?;
+    serde_json::to_writer(&mut tmp, record).map_err(|e| io("write")(e.into()))?;
+    tmp.flush().map_err(io("write"))?;
+    tmp.persist(&path).map_err(|e| io("write")(e.error))?;
+    Ok(())
+}
+
+/// Reads the record of `id`; `None` if there is none.
+pub fn read(state_dir: &Path, id: &str) -> Result<Option<Record>, StateError> {
+    let path = record_path(state_dir, id)?;
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| StateError::Corrupt { path, source }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(StateError::Io {
+            op: "read",
+            path,
+            source,
+        }),
+    }
+}
+
+/// Removes the record of `id` (absent is fine).
+pub fn remove(state_dir: &Path, id: &str) -> Result<(), StateError> {
+    let path = record_path(state_dir, id)?;
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StateError::Io {
+            op: "remove",
+            path,
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::{Access, DevType};
+
+    #[test]
+    fn round_trip_and_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = Record {
+            id: "abc_1.2-x".into(),
+            bundle: "/b".into(),
+            devices: vec!["/dev/davinci1".into()],
+            grants: vec![Grant {
+                dev_type: DevType::Char,
+                major: 240,
+                minor: 1,
+                access: Access::ALL,
+            }],
+            enforced: Enforced {
+                guard_version: Some("v".into()),
+                cgroup_id: Some(7),
+                unified_dir: Some("/sys/fs/cgroup/x".into()),
+                devices_v1_dir: None,
+            },
+        };
+        write(dir.path(), &record).unwrap();
+        let text = std::fs::read_to_string(dir.path().join("abc_1.2-x.json")).unwrap();
+        assert!(text.contains("\"c 240:1 rwm\""), "{text}");
+        assert_eq!(read(dir.path(), "abc_1.2-x").unwrap(), Some(record));
+        remove(dir.path(), "abc_1.2-x").unwrap();
+        remove(dir.path(), "abc_1.2-x").unwrap();
+        assert_eq!(read(dir.path(), "abc_1.2-x").unwrap(), None);
+        for bad in ["", ".", "..", "a/b", "../x", "a b", "é"] {
+            assert!(read(dir.path(), bad).is_err(), "{bad:?}");
+        }
+        std::fs::write(dir.path().join("bad.json"), "{").unwrap();
+        assert!(
+            read(dir.path(), "bad")
+                .unwrap_err()
+                .to_string()
+                .contains("bad.json")
+        );
+    }
+}
