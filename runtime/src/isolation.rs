@@ -110,6 +110,24 @@ fn enforce_v1(
     Ok(())
 }
 
+/// Re-establishes enforcement recorded in `done` (after `runc update` or anything else that
+/// may have rewritten device rules): re-registers and re-attaches the guard where it is
+/// missing, and re-applies the v1 rules.
+pub fn reapply(config: &Config, done: &Enforced, grants: &[Grant]) -> Result<(), IsolationError> {
+    if let (Some(version), Some(id), Some(dir)) =
+        (&done.guard_version, done.cgroup_id, &done.unified_dir)
+    {
+        let mut guard = Guard::open(&config.bpf_dir, version)?;
+        guard.register(id, grants)?;
+        guard.attach(dir)?;
+    }
+    if let Some(dir) = &done.devices_v1_dir {
+        let host = HostDevices::discover(config)?;
+        enforce_v1(dir, &host, grants)?;
+    }
+    Ok(())
+}
+
 /// Removes a container's guard registration (v1 rules die with its cgroup).
 pub fn release(config: &Config, done: &Enforced, grants: &[Grant]) -> Result<(), IsolationError> {
     if let (Some(version), Some(id)) = (&done.guard_version, done.cgroup_id) {

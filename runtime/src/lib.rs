@@ -7,14 +7,21 @@
 //! - [`cgroup`]: how device control works on this host and where a container's cgroups are,
 //!   with the v1 `devices` controller backend in [`cgroup::v1`];
 //! - [`guard`]: the cgroup v2 BPF device guard and its pinned maps;
-//! - [`isolation`]: enforcing a container's grants with whichever backends the host uses.
+//! - [`isolation`]: enforcing a container's grants with whichever backends the host uses;
+//! - [`request`]: the `ASCEND_*` variables; [`spec`]: the OCI spec edit; [`args`]: runc's
+//!   command line; [`mounts`]: driver mounts inside the rootfs; [`state`]: per-container
+//!   records; [`shim`] and [`hook`]: what each binary does; [`logging`]; [`error`].
 pub mod args;
 pub mod cgroup;
 pub mod config;
 pub mod devices;
+pub mod error;
 pub mod guard;
+pub mod hook;
 pub mod isolation;
+pub mod logging;
 pub mod mounts;
 pub mod request;
+pub mod shim;
 pub mod spec;
 pub mod state;

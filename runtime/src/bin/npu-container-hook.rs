@@ -1,0 +1,58 @@
+//! `npu-container-hook STAGE`: the OCI hook. `create-runtime` (also accepted as `prestart`)
+//! prepares an NPU container, `poststop` cleans up (and always exits 0), `precreate` edits a
+//! spec for Podman (spec on stdin, edited spec on stdout).
+use std::io::{Read, Write};
+
+use npu_runtime::{config::Config, error::Error, hook, logging, spec::MAX_SPEC_BYTES};
+
+const NAME: &str = "npu-container-hook";
+
+fn read_stdin() -> Result<Vec<u8>, Error> {
+    let mut input = Vec::new();
+    std::io::stdin()
+        .take(MAX_SPEC_BYTES + 1)
+        .read_to_end(&mut input)
+        .map_err(|e| Error::BadState(e.to_string()))?;
+    if input.len() as u64 > MAX_SPEC_BYTES {
+        return Err(Error::BadState(format!(
+            "more than {MAX_SPEC_BYTES} bytes on stdin"
+        )));
+    }
+    Ok(input)
+}
+
+fn run(stage: &str) -> Result<(), Error> {
+    let config = Config::load()?;
+    logging::init(&config, NAME, None);
+    match stage {
+        "create-runtime" | "prestart" => {
+            let state = hook::parse_state(&read_stdin()?)?;
+            hook::create_runtime(&config, &state)
+        }
+        "poststop" => {
+            let state = hook::parse_state(&read_stdin()?)?;
+            hook::poststop(&config, &state)
+        }
+        "precreate" => {
+            let out = hook::precreate(&config, &read_stdin()?)?;
+            std::io::stdout()
+                .write_all(&out)
+                .map_err(|e| Error::BadState(format!("cannot write the spec: {e}")))
+        }
+        _ => unreachable!("checked in main"),
+    }
+}
+
+fn main() {
+    let stage = std::env::args().nth(1).unwrap_or_default();
+    if !["create-runtime", "prestart", "poststop", "precreate"].contains(&stage.as_str()) {
+        eprintln!("usage: {NAME} create-runtime|poststop|precreate (OCI state or spec on stdin)");
+        std::process::exit(2);
+    }
+    if let Err(e) = run(&stage) {
+        tracing::error!("{stage}: {e}");
+        eprintln!("{NAME} {stage}: {e}");
+        // Cleanup must never fail a container's deletion.
+        std::process::exit(if stage == "poststop" { 0 } else { 1 });
+    }
+}

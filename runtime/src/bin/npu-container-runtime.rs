@@ -1,0 +1,77 @@
+//! `npu-container-runtime`: called by engines exactly like runc. On `create`/`run` it writes
+//! the NPU grant into the bundle's spec, then execs the real runtime with the same argv.
+use std::{ffi::OsString, os::unix::process::CommandExt, path::PathBuf, process::Command};
+
+use npu_runtime::{args::RuncArgs, config::Config, error::Error, logging, shim};
+
+const NAME: &str = "npu-container-runtime";
+
+fn fail(e: &Error) -> ! {
+    tracing::error!("{e}");
+    eprintln!("{NAME}: {e}");
+    std::process::exit(1)
+}
+
+fn exec(runtime: &PathBuf, args: &[OsString]) -> ! {
+    let e = Command::new(runtime).args(args).exec();
+    fail(&Error::Exec {
+        path: runtime.clone(),
+        source: e,
+    })
+}
+
+fn main() {
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let text: Vec<String> = args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let parsed = RuncArgs::parse(&text);
+    let config = Config::load();
+    // Log even a configuration error where the engine looks for runtime errors.
+    logging::init(
+        config.as_ref().unwrap_or(&Config::default()),
+        NAME,
+        Some(&parsed),
+    );
+    let config = config.unwrap_or_else(|e| fail(&e.into()));
+    let runtime = shim::find_runtime(&config).unwrap_or_else(|e| fail(&e));
+
+    match parsed.command.as_deref() {
+        None if text.iter().any(|a| a == "--version" || a == "-v") => {
+            println!("{NAME} version {}", env!("CARGO_PKG_VERSION"));
+            println!("guard program {}", npu_runtime::guard::version());
+            println!("low-level runtime {}:", runtime.display());
+            exec(&runtime, &args)
+        }
+        Some("create" | "run") => {
+            let bundle = parsed
+                .bundle
+                .clone()
+                .unwrap_or_else(|| std::env::current_dir().unwrap_or_default());
+            if let Err(e) = shim::prepare_bundle(&config, &bundle) {
+                fail(&e)
+            }
+            exec(&runtime, &args)
+        }
+        Some("update") => {
+            let status = Command::new(&runtime)
+                .args(&args)
+                .status()
+                .unwrap_or_else(|source| {
+                    fail(&Error::Exec {
+                        path: runtime.clone(),
+                        source,
+                    })
+                });
+            if status.success()
+                && let Some(id) = &parsed.container_id
+                && let Err(e) = shim::recheck(&config, id)
+            {
+                fail(&e)
+            }
+            std::process::exit(status.code().unwrap_or(1))
+        }
+        _ => exec(&runtime, &args),
+    }
+}

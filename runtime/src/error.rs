@@ -1,0 +1,46 @@
+//! The error of a shim or hook run: every module's error, so binaries print one message that
+//! names the culprit.
+use std::path::PathBuf;
+
+use crate::{
+    cgroup::CgroupError, config::ConfigError, devices::DeviceError, devices::Grant,
+    isolation::IsolationError, mounts::MountError, request::RequestError, spec::SpecError,
+    state::StateError,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error(transparent)]
+    Devices(#[from] DeviceError),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Isolation(#[from] IsolationError),
+    #[error("driver mounts: {0}")]
+    Mount(#[from] MountError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("no low-level runtime found: none of {tried:?} is an executable in PATH")]
+    NoRuntime { tried: Vec<String> },
+    #[error("cannot run {path}: {source}")]
+    Exec {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the hook binary {0} is missing: install npu-container-hook next to npu-container-runtime")]
+    NoHook(PathBuf),
+    #[error("invalid container state on stdin: {0}")]
+    BadState(String),
+    #[error(
+        "cgroup v2 host: the container's device rules do not grant {grant}; a hook cannot add \
+         grants on cgroup v2, so start NPU containers through npu-container-runtime, or install \
+         the precreate hook (npu-ctk hook install) so the grant is written into the spec"
+    )]
+    NotGrantedOnV2 { grant: Grant },
+}

@@ -1,0 +1,141 @@
+//! What `npu-container-hook` does at each OCI hook stage.
+//!
+//! `create-runtime` runs after the runtime made the container's namespaces, cgroup and device
+//! filter, before `pivot_root`: it checks every driver mount source and makes it a detached
+//! read-only mount, enforces isolation, records the container, then enters the container's
+//! mount namespace to create missing device nodes (hook-only mode) and attach the mounts
+//! inside the rootfs. Any failure undoes the grant and the record and fails the container.
+use std::path::PathBuf;
+
+use oci_spec::runtime::State;
+
+use crate::{
+    cgroup::Layout,
+    config::Config,
+    devices::{self, ContainerDevice, HostDevices},
+    error::Error,
+    isolation,
+    mounts::{self, MountError},
+    request::{Request, Selection},
+    shim,
+    spec::Spec,
+    state::{self, Record},
+};
+
+/// Parses the state the runtime writes on a hook's stdin.
+pub fn parse_state(input: &[u8]) -> Result<State, Error> {
+    serde_json::from_slice(input).map_err(|e| Error::BadState(e.to_string()))
+}
+
+pub fn create_runtime(config: &Config, state: &State) -> Result<(), Error> {
+    let pid = state
+        .pid()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| Error::BadState("no container pid".into()))? as u32;
+    let bundle = state.bundle();
+    let spec = Spec::read(bundle)?;
+    let Some(request) = Request::from_env(&spec.env()?)? else {
+        return Ok(());
+    };
+    let host = HostDevices::discover(config)?;
+    let indices = match &request.devices {
+        Selection::All => None,
+        Selection::Indices(i) => Some(i.as_slice()),
+    };
+    let devices = host.select(indices, request.virtual_devices, &config.dev_root)?;
+    let grants = devices::grants(&devices);
+
+    let layout = Layout::detect()?;
+    // On cgroup v2 only the runtime's own filter can grant; without the spec edit the
+    // container could never open its NPUs, so say how to fix it instead of starting it.
+    if matches!(layout, Layout::Unified { .. })
+        && let Some(missing) = grants.iter().find(|g| !spec.allows(g))
+    {
+        return Err(Error::NotGrantedOnV2 { grant: *missing });
+    }
+    let cgroups = layout.container_cgroups(pid)?;
+
+    let mut prepared = Vec::new();
+    if !request.no_driver {
+        let paths = mounts::read_lists(
+            &config.mount_list_dir,
+            &request.mount_lists,
+            request.mount_lists_explicit,
+        )?;
+        for path in &paths {
+            if let Some(p) = mounts::prepare(&config.driver_root, path, request.allow_link)? {
+                prepared.push(p);
+            }
+        }
+    }
+
+    let enforced = isolation::enforce_cgroups(config, &cgroups, &host, &grants)?;
+    let record = Record {
+        id: state.id().to_string(),
+        bundle: bundle.clone(),
+        devices: devices.iter().map(|d| d.container_path.clone()).collect(),
+        grants: grants.clone(),
+        enforced,
+    };
+    let result = state::write(&config.state_dir, &record)
+        .map_err(Error::from)
+        .and_then(|()| {
+            let rootfs = spec.rootfs(bundle)?;
+            let in_spec = spec.device_paths();
+            let missing: Vec<&ContainerDevice> = devices
+                .iter()
+                .filter(|d| !in_spec.iter().any(|p| d.container_path == PathBuf::from(p)))
+                .collect();
+            mounts::in_mount_namespace(pid, || inside_container(&rootfs, &missing, prepared))??;
+            Ok(())
+        });
+    if let Err(e) = result {
+        // Best effort: the error in hand is what the operator needs to see.
+        let _ = isolation::release(config, &record.enforced, &record.grants);
+        let _ = state::remove(&config.state_dir, &record.id);
+        return Err(e);
+    }
+    tracing::info!(id = state.id(), devices = ?record.devices, "NPU container prepared");
+    Ok(())
+}
+
+fn inside_container(
+    rootfs: &std::path::Path,
+    missing: &[&ContainerDevice],
+    prepared: Vec<mounts::Prepared>,
+) -> Result<(), MountError> {
+    let root = pathrs::Root::open(rootfs).map_err(|source| MountError::InRoot {
+        op: "open",
+        path: rootfs.into(),
+        source,
+    })?;
+    for device in missing {
+        mounts::create_device(&root, device)?;
+    }
+    for p in prepared {
+        mounts::attach(&root, p)?;
+    }
+    Ok(())
+}
+
+/// Removes the container's grants and record. Missing pieces are fine: poststop may run for
+/// containers we never prepared, or twice.
+pub fn poststop(config: &Config, state: &State) -> Result<(), Error> {
+    let Some(record) = state::read(&config.state_dir, state.id())? else {
+        return Ok(());
+    };
+    isolation::release(config, &record.enforced, &record.grants)?;
+    state::remove(&config.state_dir, &record.id)?;
+    Ok(())
+}
+
+/// Podman's precreate stage: the shim's spec edit on a spec read from stdin.
+pub fn precreate(config: &Config, input: &[u8]) -> Result<Vec<u8>, Error> {
+    let mut spec = Spec::parse(input, "<stdin>".into())?;
+    if Request::from_env(&spec.env()?)?.is_none() {
+        return Ok(input.to_vec());
+    }
+    let hook = shim::hook_command()?;
+    shim::edit_spec(config, &mut spec, &hook)?;
+    Ok(serde_json::to_vec(&spec.value).expect("a JSON value serializes"))
+}

@@ -1,0 +1,103 @@
+//! Logging for the shim and the hook: the configured `log_file`, plus runc's own `--log` file
+//! in runc's format when the engine passes one, so our errors appear in the engine's message
+//! (containerd and Docker read the last error from that file).
+use std::{
+    fs::{File, OpenOptions},
+    path::Path,
+    sync::Mutex,
+};
+
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::{
+    Layer,
+    filter::LevelFilter,
+    fmt::{FmtContext, FormatEvent, FormatFields, format::Writer},
+    layer::SubscriberExt,
+    registry::LookupSpan,
+};
+
+use crate::{args::RuncArgs, config::Config, config::LogLevel};
+
+fn open_append(path: &Path) -> Option<File> {
+    OpenOptions::new().create(true).append(true).open(path).ok()
+}
+
+fn level(l: LogLevel) -> LevelFilter {
+    match l {
+        LogLevel::Error => LevelFilter::ERROR,
+        LogLevel::Warn => LevelFilter::WARN,
+        LogLevel::Info => LevelFilter::INFO,
+        LogLevel::Debug => LevelFilter::DEBUG,
+        LogLevel::Trace => LevelFilter::TRACE,
+    }
+}
+
+/// Installs the global subscriber. A log file that cannot be opened is skipped: logging
+/// must never be the reason a container fails.
+pub fn init(config: &Config, program: &'static str, runc: Option<&RuncArgs>) {
+    let file_layer = config.log_file.as_deref().and_then(open_append).map(|f| {
+        tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_target(false)
+            .with_writer(Mutex::new(f))
+            .with_filter(level(config.log_level))
+    });
+    let runc_layer = runc
+        .and_then(|r| r.log.as_deref().map(|p| (r, p)))
+        .and_then(|(r, p)| open_append(p).map(|f| (r, f)))
+        .map(|(r, f)| {
+            let filter = if r.debug {
+                LevelFilter::DEBUG
+            } else {
+                LevelFilter::WARN
+            };
+            let json = r.json_logs();
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(Mutex::new(f))
+                .event_format(RuncFormat { json, program })
+                .with_filter(filter)
+        });
+    let subscriber = tracing_subscriber::registry()
+        .with(file_layer)
+        .with(runc_layer);
+    // Only fails if a subscriber is already installed, which then keeps logging.
+    let _ = tracing::subscriber::set_global_default(subscriber);
+}
+
+/// runc's log line formats: `{"level":"error","msg":"...","time":"..."}` or logrus text.
+struct RuncFormat {
+    json: bool,
+    program: &'static str,
+}
+
+impl<S, N> FormatEvent<S, N> for RuncFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        let mut fields = String::new();
+        ctx.format_fields(Writer::new(&mut fields), event)?;
+        let level = match *event.metadata().level() {
+            Level::ERROR => "error",
+            Level::WARN => "warning",
+            Level::INFO => "info",
+            Level::DEBUG => "debug",
+            Level::TRACE => "trace",
+        };
+        let time = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let msg = format!("{}: {fields}", self.program);
+        if self.json {
+            let line = serde_json::json!({"level": level, "msg": msg, "time": time});
+            writeln!(writer, "{line}")
+        } else {
+            writeln!(writer, "time={time:?} level={level} msg={msg:?}")
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! What `npu-container-runtime` does around the real runtime: on `create`/`run`, write the
+//! NPU grant into the spec; after `update`, re-check isolation.
+use std::path::{Path, PathBuf};
+
+use crate::{
+    config::{self, Config},
+    devices::HostDevices,
+    error::Error,
+    isolation,
+    request::{Request, Selection},
+    spec::{Edit, HookCommand, Spec},
+    state,
+};
+
+pub const HOOK_BINARY: &str = "npu-container-hook";
+
+/// The environment runtimes run our hook with (hooks do not inherit the runtime's).
+const HOOK_PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The first executable of `config.runtimes` (a name looked up in PATH, or a path).
+pub fn find_runtime(config: &Config) -> Result<PathBuf, Error> {
+    let ours = std::env::current_exe().ok();
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for name in &config.runtimes {
+        let candidates: Vec<PathBuf> = if name.contains('/') {
+            vec![PathBuf::from(name)]
+        } else {
+            std::env::split_paths(&path).map(|d| d.join(name)).collect()
+        };
+        for candidate in candidates {
+            // Never exec ourselves (a runtime named like the shim would loop).
+            if is_executable(&candidate) && Some(&candidate) != ours.as_ref() {
+                return Ok(candidate);
+            }
+        }
+    }
+    Err(Error::NoRuntime {
+        tried: config.runtimes.clone(),
+    })
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// How runtimes should call our hook: the `npu-container-hook` next to this executable,
+/// with our configuration file if one was named.
+pub fn hook_command() -> Result<HookCommand, Error> {
+    let exe = std::env::current_exe().map_err(|source| Error::Exec {
+        path: "/proc/self/exe".into(),
+        source,
+    })?;
+    let path = exe.with_file_name(HOOK_BINARY);
+    if !path.is_file() {
+        return Err(Error::NoHook(path));
+    }
+    let mut env = vec![HOOK_PATH_ENV.to_string()];
+    if let Some(config) = std::env::var_os(config::PATH_ENV) {
+        env.push(format!("{}={}", config::PATH_ENV, config.to_string_lossy()));
+    }
+    Ok(HookCommand { path, env })
+}
+
+/// Adds devices, grants, hooks and env to an NPU container's spec. Returns `false`, with the
+/// spec untouched, for a container that asked for no NPU.
+pub fn edit_spec(config: &Config, spec: &mut Spec, hook: &HookCommand) -> Result<bool, Error> {
+    let Some(request) = Request::from_env(&spec.env()?)? else {
+        return Ok(false);
+    };
+    let host = HostDevices::discover(config)?;
+    let indices = match &request.devices {
+        Selection::All => None,
+        Selection::Indices(i) => Some(i.as_slice()),
+    };
+    let devices = host.select(indices, request.virtual_devices, &config.dev_root)?;
+    spec.apply(&Edit {
+        devices: &devices,
+        hook,
+        env: vec!["ASCEND_DOCKER_RUNTIME=True".into()],
+    })?;
+    Ok(true)
+}
+
+/// The `create`/`run` step: edit `bundle/config.json` in place (atomically) when the
+/// container asks for NPUs. A container without a request is not rewritten at all.
+pub fn prepare_bundle(config: &Config, bundle: &Path) -> Result<bool, Error> {
+    let mut spec = Spec::read(bundle)?;
+    // Cheap check first: most containers on a host are not NPU containers.
+    if Request::from_env(&spec.env()?)?.is_none() {
+        return Ok(false);
+    }
+    let hook = hook_command()?;
+    let edited = edit_spec(config, &mut spec, &hook)?;
+    if edited {
+        spec.write_atomic()?;
+    }
+    Ok(edited)
+}
+
+/// After `update`: make sure the container's isolation is still in place (re-attach the guard,
+/// re-apply v1 rules). A container we do not know is left alone.
+pub fn recheck(config: &Config, id: &str) -> Result<bool, Error> {
+    let Some(record) = state::read(&config.state_dir, id)? else {
+        return Ok(false);
+    };
+    isolation::reapply(config, &record.enforced, &record.grants)?;
+    Ok(true)
+}
