@@ -33,7 +33,9 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("the hook binary {0} is missing: install npu-container-hook next to npu-container-runtime")]
+    #[error(
+        "the hook binary {0} is missing: install npu-container-hook next to npu-container-runtime"
+    )]
     NoHook(PathBuf),
     #[error("invalid container state on stdin: {0}")]
     BadState(String),

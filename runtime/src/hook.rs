@@ -5,7 +5,7 @@
 //! read-only mount, enforces isolation, records the container, then enters the container's
 //! mount namespace to create missing device nodes (hook-only mode) and attach the mounts
 //! inside the rootfs. Any failure undoes the grant and the record and fails the container.
-use std::path::PathBuf;
+use std::path::Path;
 
 use oci_spec::runtime::State;
 
@@ -84,7 +84,7 @@ pub fn create_runtime(config: &Config, state: &State) -> Result<(), Error> {
             let in_spec = spec.device_paths();
             let missing: Vec<&ContainerDevice> = devices
                 .iter()
-                .filter(|d| !in_spec.iter().any(|p| d.container_path == PathBuf::from(p)))
+                .filter(|d| !in_spec.iter().any(|p| d.container_path == Path::new(p)))
                 .collect();
             mounts::in_mount_namespace(pid, || inside_container(&rootfs, &missing, prepared))??;
             Ok(())
@@ -100,7 +100,7 @@ pub fn create_runtime(config: &Config, state: &State) -> Result<(), Error> {
 }
 
 fn inside_container(
-    rootfs: &std::path::Path,
+    rootfs: &Path,
     missing: &[&ContainerDevice],
     prepared: Vec<mounts::Prepared>,
 ) -> Result<(), MountError> {

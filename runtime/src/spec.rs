@@ -326,7 +326,7 @@ fn same_hook(existing: &Value, ours: &Value) -> bool {
 fn rule_matches(rule: &Value, grant: &Grant, bit: Access) -> bool {
     let type_ok = match rule.get("type").and_then(Value::as_str) {
         None | Some("a") => true,
-        Some(t) => t.chars().next() == Some(grant.dev_type.letter()),
+        Some(t) => t == grant.dev_type.letter().to_string(),
     };
     let num_ok = |key: &str, want: u32| match rule.get(key) {
         None | Some(Value::Null) => true,

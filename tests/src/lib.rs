@@ -14,8 +14,9 @@ use std::{
 
 use npu_runtime::{cgroup::Layout, config::Config, devices::registered_majors};
 
-/// Path of one of this package's helper binaries (`devprobe`, `guardctl`): cargo builds them
-/// next to the `deps/` directory that holds the test executables.
+/// Path of a binary of this workspace: this package's helpers (`devprobe`, `guardctl`) or the
+/// runtime's (`npu-container-runtime`, `npu-container-hook`, built for the runtime's own CLI
+/// tests). Cargo puts them next to the `deps/` directory that holds the test executables.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let path = exe
@@ -149,16 +150,38 @@ impl FakeHost {
         }
         mknod("other0", other_major, 0);
 
+        // A driver tree and the default mount list, as on an Ascend host.
+        let driver_root = dir.path().join("driver");
+        let lib64 = driver_root.join("usr/local/Ascend/driver/lib64");
+        std::fs::create_dir_all(&lib64).unwrap();
+        std::fs::write(lib64.join("libascend_hal.so"), "fake driver library\n").unwrap();
+        std::fs::write(
+            driver_root.join("usr/local/Ascend/driver/version.info"),
+            "Version=24.1.0\n",
+        )
+        .unwrap();
+        let mount_lists = dir.path().join("mounts.d");
+        std::fs::create_dir_all(&mount_lists).unwrap();
+        std::fs::write(
+            mount_lists.join("base.list"),
+            "# driver\n/usr/local/Ascend/driver/lib64\n/usr/local/Ascend/driver/version.info\n\
+             /usr/local/Ascend/not-installed\n",
+        )
+        .unwrap();
+
         let bpf_dir = Path::new("/sys/fs/bpf").join(unique("npu-test"));
         let config_path = dir.path().join("config.toml");
         std::fs::write(
             &config_path,
             format!(
-                "dev_root = {:?}\nbpf_dir = {:?}\nstate_dir = {:?}\nmount_list_dir = {:?}\n",
+                "dev_root = {:?}\ndriver_root = {:?}\nbpf_dir = {:?}\nstate_dir = {:?}\n\
+                 mount_list_dir = {:?}\nlog_file = {:?}\nlog_level = \"debug\"\n",
                 dev_root,
+                driver_root,
                 bpf_dir,
                 dir.path().join("state"),
-                dir.path().join("mounts.d"),
+                mount_lists,
+                dir.path().join("runtime.log"),
             ),
         )
         .unwrap();
@@ -182,6 +205,33 @@ impl FakeHost {
 
     pub fn chip(&self, index: u32) -> PathBuf {
         self.node(&format!("davinci{index}"))
+    }
+
+    /// Container records currently in the state directory.
+    pub fn records(&self) -> Vec<String> {
+        std::fs::read_dir(&self.config.state_dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// cgroup ids with entries in the pinned grant maps (every pinned version).
+    pub fn granted_cgroups(&self) -> BTreeSet<u64> {
+        let mut ids = BTreeSet::new();
+        for version in npu_runtime::guard::versions(&self.config.bpf_dir).unwrap_or_default() {
+            let pin = self.config.bpf_dir.join(version).join("npu_grants");
+            let dump = run(Command::new("bpftool")
+                .args(["-j", "map", "dump", "pinned"])
+                .arg(&pin));
+            let entries: serde_json::Value = serde_json::from_str(&dump).unwrap();
+            for e in entries.as_array().unwrap() {
+                ids.insert(e["formatted"]["key"]["cgroup_id"].as_u64().unwrap());
+            }
+        }
+        ids
     }
 }
 
@@ -560,6 +610,27 @@ impl<'a> RuncContainer<'a> {
         runtime: &Path,
         edit: impl FnOnce(&mut serde_json::Value),
     ) -> Result<Self, String> {
+        Self::start_inner(place, dir, runtime, None, edit)
+    }
+
+    /// Like [`Self::start`], with the runtime told where our configuration file is.
+    pub fn start_with_env(
+        place: Place<'a>,
+        dir: &Path,
+        runtime: &Path,
+        config: &Path,
+        edit: impl FnOnce(&mut serde_json::Value),
+    ) -> Result<Self, String> {
+        Self::start_inner(place, dir, runtime, Some(config), edit)
+    }
+
+    fn start_inner(
+        place: Place<'a>,
+        dir: &Path,
+        runtime: &Path,
+        config: Option<&Path>,
+        edit: impl FnOnce(&mut serde_json::Value),
+    ) -> Result<Self, String> {
         let id = unique("npu-ctr");
         let bundle = dir.join(&id);
         let root = dir.join(format!("{id}-state"));
@@ -573,6 +644,12 @@ impl<'a> RuncContainer<'a> {
         spec["root"]["readonly"] = false.into();
         spec["process"]["terminal"] = false.into();
         spec["process"]["args"] = serde_json::json!(["sleep", "3600"]);
+        // As Docker does: without CAP_MKNOD, mknod fails before the device cgroup is asked.
+        for set in ["bounding", "effective", "permitted"] {
+            if let Some(caps) = spec["process"]["capabilities"][set].as_array_mut() {
+                caps.push("CAP_MKNOD".into());
+            }
+        }
         edit(&mut spec);
         std::fs::write(&path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
         let container = Self {
@@ -583,8 +660,11 @@ impl<'a> RuncContainer<'a> {
         };
         // The container inherits these descriptors: no pipe we would wait on for EOF.
         let errors = dir.join(format!("{}.stderr", container.id));
-        let status = place
-            .command(runtime)
+        let mut cmd = place.command(runtime);
+        if let Some(config) = config {
+            cmd.env(npu_runtime::config::PATH_ENV, config);
+        }
+        let status = cmd
             .arg("--root")
             .arg(&container.root)
             .args(["run", "-d", "--bundle"])
@@ -600,6 +680,16 @@ impl<'a> RuncContainer<'a> {
         } else {
             Err(std::fs::read_to_string(&errors).unwrap_or_default())
         }
+    }
+
+    /// Verdict for device `major:minor` in the container: mknod it in /tmp, then open it.
+    /// `ENXIO` means allowed (no driver behind it), `EPERM` denied.
+    pub fn node_verdict(&self, major: u32, minor: u32) -> String {
+        let n = format!("/tmp/n{major}_{minor}");
+        let (ok, text) = self.sh(&format!(
+            "rm -f {n}; mknod {n} c {major} {minor} && cat {n} </dev/null >/dev/null; r=$?; rm -f {n}; exit $r"
+        ));
+        errno_of(ok, &text)
     }
 
     pub fn runc(&self) -> Command {

@@ -1,0 +1,292 @@
+//! A container started through `npu-container-runtime` and real runc gets exactly its NPUs,
+//! on a pure cgroup v2 host (private namespace) and on this VM's cgroup v1 devices controller.
+use std::process::Command;
+
+use npu_runtime::config::PATH_ENV;
+use npu_tests::{
+    FakeHost, Place, RuncContainer, V2Namespace, bin, have_tool, open_verdict, require,
+    require_root, run,
+};
+
+fn can_run() -> bool {
+    require_root()
+        && require("runc", have_tool("runc"))
+        && require("bpftool", have_tool("bpftool"))
+        && require("busybox", have_tool("busybox"))
+        && require("nsenter", have_tool("nsenter"))
+}
+
+/// Both places: the pure-v2 namespace and the host's v1 devices controller.
+fn each_place(test: impl Fn(Place<'_>, &str)) {
+    if !can_run() {
+        return;
+    }
+    let ns = V2Namespace::new();
+    test(Place::V2(&ns), "cgroup v2");
+    test(Place::Host, "cgroup v1");
+}
+
+fn shim() -> std::path::PathBuf {
+    bin("npu-container-runtime")
+}
+
+/// Starts a sleeping busybox container through the shim with `env` added.
+fn start<'a>(
+    place: Place<'a>,
+    host: &FakeHost,
+    env: &[&str],
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> Result<RuncContainer<'a>, String> {
+    RuncContainer::start_with_env(place, host.dir.path(), &shim(), &host.config_path, |spec| {
+        let list = spec["process"]["env"].as_array_mut().unwrap();
+        for e in env {
+            list.push((*e).into());
+        }
+        edit(spec);
+    })
+}
+
+/// Verdicts for every chip from inside the container: ENXIO allowed, EPERM denied.
+fn chip_verdicts(c: &RuncContainer<'_>, host: &FakeHost) -> Vec<String> {
+    (0..host.chips)
+        .map(|i| c.node_verdict(host.chip_major, i))
+        .collect()
+}
+
+fn expect_only(host: &FakeHost, granted: &[u32]) -> Vec<String> {
+    (0..host.chips)
+        .map(|i| {
+            if granted.contains(&i) {
+                "ENXIO"
+            } else {
+                "EPERM"
+            }
+            .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn one_npu_container() {
+    each_place(|place, mode| {
+        let host = FakeHost::new(4);
+        let c = start(place, &host, &["ASCEND_VISIBLE_DEVICES=1"], |_| {}).expect("start");
+        // Its NPU and the management nodes exist and are usable (ENXIO: no driver behind).
+        for dev in ["davinci1", "davinci_manager", "devmm_svm", "hisi_hdc"] {
+            assert_eq!(
+                open_verdict(&c, &format!("/dev/{dev}")),
+                "ENXIO",
+                "{mode}: {dev}"
+            );
+        }
+        // Other NPUs are absent, and a node made for one is unusable.
+        assert_eq!(open_verdict(&c, "/dev/davinci0"), "ENOENT", "{mode}");
+        assert_eq!(chip_verdicts(&c, &host), expect_only(&host, &[1]), "{mode}");
+        // Driver files are there, read-only; missing list entries are skipped.
+        let (ok, text) = c.sh("cat /usr/local/Ascend/driver/version.info /usr/local/Ascend/driver/lib64/libascend_hal.so");
+        assert!(
+            ok && text.contains("Version=24.1.0") && text.contains("fake driver"),
+            "{mode}: {text}"
+        );
+        let (ok, text) = c.sh("echo x > /usr/local/Ascend/driver/version.info");
+        assert!(
+            !ok && text.contains("Read-only file system"),
+            "{mode}: {text}"
+        );
+        let (ok, text) = c.sh("touch /usr/local/Ascend/driver/lib64/new");
+        assert!(
+            !ok && text.contains("Read-only file system"),
+            "{mode}: {text}"
+        );
+        let (ok, _) = c.sh("test -e /usr/local/Ascend/not-installed");
+        assert!(!ok, "{mode}: a missing source must not appear");
+        // The environment says which runtime prepared it.
+        let (_, env) = c.sh("echo $ASCEND_DOCKER_RUNTIME");
+        assert_eq!(env.trim(), "True", "{mode}");
+        assert_eq!(host.records().len(), 1, "{mode}: one record while running");
+    });
+}
+
+#[test]
+fn two_containers_with_disjoint_npus() {
+    each_place(|place, mode| {
+        let host = FakeHost::new(4);
+        let a = start(place, &host, &["ASCEND_VISIBLE_DEVICES=0,1"], |_| {}).expect("a");
+        let b = start(place, &host, &["ASCEND_VISIBLE_DEVICES=2-3"], |_| {}).expect("b");
+        assert_eq!(
+            chip_verdicts(&a, &host),
+            expect_only(&host, &[0, 1]),
+            "{mode}: a"
+        );
+        assert_eq!(
+            chip_verdicts(&b, &host),
+            expect_only(&host, &[2, 3]),
+            "{mode}: b"
+        );
+    });
+}
+
+#[test]
+fn privileged_container_still_gets_only_its_npu() {
+    each_place(|place, mode| {
+        let host = FakeHost::new(4);
+        let all_nodes: Vec<serde_json::Value> = (0..host.chips)
+            .map(|i| {
+                serde_json::json!({"path": format!("/dev/davinci{i}"), "type": "c",
+                    "major": host.chip_major, "minor": i, "fileMode": 438})
+            })
+            .collect();
+        let c = start(place, &host, &["ASCEND_VISIBLE_DEVICES=1"], |spec| {
+            // What --privileged produces: every host node bound, every device allowed.
+            spec["linux"]["devices"] = all_nodes.into();
+            spec["linux"]["resources"]["devices"] =
+                serde_json::json!([{"allow": true, "access": "rwm"}]);
+        })
+        .expect("start");
+        assert_eq!(open_verdict(&c, "/dev/davinci0"), "EPERM", "{mode}");
+        assert_eq!(open_verdict(&c, "/dev/davinci3"), "EPERM", "{mode}");
+        assert_eq!(open_verdict(&c, "/dev/davinci1"), "ENXIO", "{mode}");
+        assert_eq!(chip_verdicts(&c, &host), expect_only(&host, &[1]), "{mode}");
+        // Non-NPU devices keep working.
+        assert_eq!(open_verdict(&c, "/dev/null"), "OK", "{mode}");
+    });
+}
+
+#[test]
+fn update_keeps_verdicts() {
+    each_place(|place, mode| {
+        let host = FakeHost::new(3);
+        let c = start(place, &host, &["ASCEND_VISIBLE_DEVICES=2"], |_| {}).expect("start");
+        let before = chip_verdicts(&c, &host);
+        let mut update = place.command(shim());
+        update
+            .env(PATH_ENV, &host.config_path)
+            .arg("--root")
+            .arg(&c.root)
+            .arg("update");
+        if mode == "cgroup v1" {
+            update.args(["--cpu-share", "512", "--pids-limit", "200"]);
+        } else {
+            // This VM's cgroup2 tree has no cpu or pids controller (they are bound to v1):
+            // an update that changes nothing still runs runc's whole Set path.
+            let resources = host.dir.path().join("resources.json");
+            std::fs::write(&resources, "{}").unwrap();
+            update.arg("--resources").arg(resources);
+        }
+        run(update.arg(&c.id));
+        assert_eq!(chip_verdicts(&c, &host), before, "{mode}");
+        assert_eq!(before, expect_only(&host, &[2]), "{mode}");
+    });
+}
+
+#[test]
+fn poststop_leaves_nothing_behind() {
+    each_place(|place, mode| {
+        let host = FakeHost::new(2);
+        let c = start(place, &host, &["ASCEND_VISIBLE_DEVICES=0"], |_| {}).expect("start");
+        assert_eq!(host.records().len(), 1, "{mode}");
+        let guarded = host.granted_cgroups();
+        if mode == "cgroup v2" {
+            assert_eq!(guarded.len(), 1, "{mode}: one container in the grant map");
+        }
+        drop(c); // runc delete -f runs the poststop hook
+        assert!(
+            host.records().is_empty(),
+            "{mode}: records {:?}",
+            host.records()
+        );
+        assert!(host.granted_cgroups().is_empty(), "{mode}: grants left");
+    });
+}
+
+#[test]
+fn no_request_leaves_the_spec_byte_identical() {
+    each_place(|place, mode| {
+        let host = FakeHost::new(2);
+        let c = start(place, &host, &[], |_| {}).expect("start");
+        let spec = std::fs::read(c.bundle.join("config.json")).unwrap();
+        // The fixture wrote it with serde_json::to_vec_pretty; the shim did not touch it.
+        let value: serde_json::Value = serde_json::from_slice(&spec).unwrap();
+        assert_eq!(spec, serde_json::to_vec_pretty(&value).unwrap(), "{mode}");
+        assert!(value.get("hooks").is_none(), "{mode}: no hook injected");
+        assert_eq!(open_verdict(&c, "/dev/davinci0"), "ENOENT", "{mode}");
+        assert!(host.records().is_empty(), "{mode}");
+    });
+}
+
+#[test]
+fn bad_request_fails_the_container_and_changes_nothing() {
+    each_place(|place, mode| {
+        let host = FakeHost::new(2);
+        for (env, needle) in [
+            ("ASCEND_VISIBLE_DEVICES=7", "NPU 7 does not exist"),
+            ("ASCEND_VISIBLE_DEVICES=0,,1", "empty item"),
+            ("ASCEND_VISIBLE_DEVICES=1-0", "reversed"),
+        ] {
+            let err = start(place, &host, &[env], |_| {})
+                .err()
+                .expect("must fail");
+            assert!(err.contains(needle), "{mode}: {env}: {err}");
+            assert!(
+                err.contains("ASCEND_VISIBLE_DEVICES") || err.contains("NPUs found: 0-1"),
+                "{err}"
+            );
+        }
+        assert!(host.records().is_empty(), "{mode}");
+        assert!(host.granted_cgroups().is_empty(), "{mode}");
+    });
+}
+
+/// Hook-only mode (Podman/CRI-O hooks.d, no shim): on v1 the hook creates the nodes and grants
+/// them; on v2 it cannot grant, and says how to fix it instead of starting the container.
+#[test]
+fn hook_only_mode() {
+    each_place(|place, mode| {
+        let host = FakeHost::new(2);
+        let hook = bin("npu-container-hook");
+        let cfg = format!("{}={}", PATH_ENV, host.config_path.display());
+        let result = RuncContainer::start(place, host.dir.path(), "runc".as_ref(), |spec| {
+            spec["process"]["env"]
+                .as_array_mut()
+                .unwrap()
+                .push("ASCEND_VISIBLE_DEVICES=1".into());
+            let entry = |stage: &str| serde_json::json!({"path": hook, "args": ["npu-container-hook", stage], "env": [cfg]});
+            spec["hooks"] = serde_json::json!({
+                "createRuntime": [entry("create-runtime")],
+                "poststop": [entry("poststop")],
+            });
+        });
+        if mode == "cgroup v2" {
+            let err = result.err().expect("v2 hook-only must fail");
+            assert!(
+                err.contains("precreate") && err.contains("npu-container-runtime"),
+                "{err}"
+            );
+            assert!(host.records().is_empty() && host.granted_cgroups().is_empty());
+        } else {
+            let c = result.expect("v1 hook-only");
+            assert_eq!(open_verdict(&c, "/dev/davinci1"), "ENXIO", "{mode}");
+            assert_eq!(open_verdict(&c, "/dev/davinci_manager"), "ENXIO", "{mode}");
+            assert_eq!(chip_verdicts(&c, &host), expect_only(&host, &[1]), "{mode}");
+        }
+    });
+}
+
+/// `bpftool` sees our program on the container's cgroup next to runc's (v2).
+#[test]
+fn bpftool_shows_the_guard() {
+    if !can_run() {
+        return;
+    }
+    let ns = V2Namespace::new();
+    let host = FakeHost::new(2);
+    let c = start(Place::V2(&ns), &host, &["ASCEND_VISIBLE_DEVICES=0"], |_| {}).expect("start");
+    let cgroup = npu_tests::unified_mount().join(c.unified_path().trim_start_matches('/'));
+    let show = run(Command::new("bpftool").args(["cgroup", "show", cgroup.to_str().unwrap()]));
+    assert!(show.contains("npu_dev_guard"), "{show}");
+    assert_eq!(
+        show.lines().filter(|l| l.contains("cgroup_device")).count(),
+        2,
+        "{show}"
+    );
+}
