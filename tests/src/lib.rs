@@ -19,16 +19,12 @@ use npu_runtime::{cgroup::Layout, config::Config, devices::registered_majors};
 /// tests). Cargo puts them next to the `deps/` directory that holds the test executables.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join(name))
-        .expect("target directory");
-    assert!(
-        path.exists(),
-        "helper binary {} is not built",
-        path.display()
-    );
+    // Test executables live in deps/, helper binaries (and the demo) one level up.
+    let dir = exe.parent().expect("executable directory");
+    let path = [dir.join(name), dir.join("..").join(name)]
+        .into_iter()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("binary {name} is not built next to {}", exe.display()));
     path
 }
 

@@ -1,9 +1,9 @@
-//! Developer tasks: `cargo xtask setup | test`.
+//! Developer tasks: `cargo xtask setup | test | demo`.
 //!
 //! `setup` installs, idempotently, everything the build and the tests need that cargo does not
 //! fetch by itself: Debian packages (runc, bpftool, ...), the nightly `rust-src` component and
-//! `bpf-linker` built against the nightly's own LLVM (DESIGN.md section 5). `test` runs
-//! `setup` first, so it is a single command on a fresh machine.
+//! `bpf-linker` built against the nightly's own LLVM (DESIGN.md section 5). `test` and `demo`
+//! run `setup` first, so each is a single command on a fresh machine.
 mod setup;
 
 use std::process::{Command, ExitCode};
@@ -13,7 +13,8 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("setup") => setup::all(),
         Some("test") => setup::all().and_then(|()| test(&args[1..])),
-        _ => Err("usage: cargo xtask setup | test [cargo test args]".into()),
+        Some("demo") => setup::all().and_then(|()| demo()),
+        _ => Err("usage: cargo xtask setup | test [cargo test args] | demo".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -38,13 +39,24 @@ pub fn run(cmd: &mut Command) -> Result {
     }
 }
 
+fn cargo() -> Command {
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.env("PATH", setup::path_with_cargo_bin());
+    cmd
+}
+
+/// Release build, then real containers through the runtime on simulated NPUs.
+fn demo() -> Result {
+    run(cargo().args(["build", "--release", "--bins"]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        std::path::PathBuf::from,
+    );
+    run(&mut Command::new(target.join("release/npu-demo")))
+}
+
 /// Formatting, lints, then every test (unit, kernel-level and end-to-end suites).
 fn test(extra: &[String]) -> Result {
-    let cargo = || {
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.env("PATH", setup::path_with_cargo_bin());
-        cmd
-    };
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     // The eBPF crate is not a default member: lint it on its own target with nightly.
