@@ -241,25 +241,22 @@ impl TryFrom<String> for Grant {
     type Error = String;
 
     fn try_from(text: String) -> Result<Self, String> {
+        use crate::cgroup::v1::{Rule, RuleType};
         let bad = || format!("invalid grant {text:?}: expected \"c MAJOR:MINOR rwm\"");
-        let mut parts = text.split(' ');
-        let (Some(t), Some(majmin), Some(access), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(bad());
-        };
-        let dev_type = match t {
-            "c" => DevType::Char,
-            "b" => DevType::Block,
-            _ => return Err(bad()),
-        };
-        let (major, minor) = majmin.split_once(':').ok_or_else(bad)?;
-        Ok(Self {
-            dev_type,
-            major: major.parse().map_err(|_| bad())?,
-            minor: minor.parse().map_err(|_| bad())?,
-            access: Access::parse(access).map_err(|_| bad())?,
-        })
+        match Rule::parse(&text).map_err(|_| bad())? {
+            Rule {
+                rule_type: RuleType::Dev(dev_type),
+                major: Some(major),
+                minor: Some(minor),
+                access,
+            } => Ok(Self {
+                dev_type,
+                major,
+                minor,
+                access,
+            }),
+            _ => Err(bad()),
+        }
     }
 }
 

@@ -39,6 +39,11 @@ pub enum Error {
     NoHook(PathBuf),
     #[error("invalid container state on stdin: {0}")]
     BadState(String),
+    #[error("cannot {what}: {source}")]
+    Stdio {
+        what: &'static str,
+        source: std::io::Error,
+    },
     #[error(
         "cgroup v2 host: the container's device rules do not grant {grant}; a hook cannot add \
          grants on cgroup v2, so start NPU containers through npu-container-runtime, or install \

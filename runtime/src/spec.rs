@@ -4,7 +4,7 @@
 //! set fields our oci-spec version does not model, and dropping them would silently change the
 //! container. What we insert is built with oci-spec types, so it is valid by construction.
 use std::{
-    io::Write as _,
+    io::{Read as _, Write as _},
     path::{Path, PathBuf},
 };
 
@@ -47,15 +47,16 @@ impl Spec {
             path: path.clone(),
             source,
         };
-        let file = std::fs::File::open(&path).map_err(read_error)?;
-        let len = file.metadata().map_err(read_error)?.len();
-        if len > MAX_SPEC_BYTES {
+        let mut bytes = Vec::new();
+        std::fs::File::open(&path)
+            .and_then(|f| f.take(MAX_SPEC_BYTES + 1).read_to_end(&mut bytes))
+            .map_err(read_error)?;
+        if bytes.len() as u64 > MAX_SPEC_BYTES {
             return Err(SpecError::Invalid {
                 path,
-                reason: format!("{len} bytes is larger than the {MAX_SPEC_BYTES} accepted"),
+                reason: format!("larger than the {MAX_SPEC_BYTES} bytes accepted"),
             });
         }
-        let bytes = std::fs::read(&path).map_err(read_error)?;
         Self::parse(&bytes, path)
     }
 

@@ -21,11 +21,10 @@ pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     // Test executables live in deps/, helper binaries (and the demo) one level up.
     let dir = exe.parent().expect("executable directory");
-    let path = [dir.join(name), dir.join("..").join(name)]
+    [dir.join(name), dir.join("..").join(name)]
         .into_iter()
         .find(|p| p.exists())
-        .unwrap_or_else(|| panic!("binary {name} is not built next to {}", exe.display()));
-    path
+        .unwrap_or_else(|| panic!("binary {name} is not built next to {}", exe.display()))
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);

@@ -90,9 +90,10 @@ fn cargo_bin() -> PathBuf {
 
 /// PATH with `$CARGO_HOME/bin` first, so builds find bpf-linker.
 pub fn path_with_cargo_bin() -> std::ffi::OsString {
-    let mut paths = vec![cargo_bin()];
+    let bin = cargo_bin();
+    let mut paths = vec![bin.clone()];
     if let Some(path) = std::env::var_os("PATH") {
-        paths.extend(std::env::split_paths(&path));
+        paths.extend(std::env::split_paths(&path).filter(|p| *p != bin));
     }
     std::env::join_paths(paths).unwrap_or_default()
 }

@@ -12,7 +12,10 @@ fn read_stdin() -> Result<Vec<u8>, Error> {
     std::io::stdin()
         .take(MAX_SPEC_BYTES + 1)
         .read_to_end(&mut input)
-        .map_err(|e| Error::BadState(e.to_string()))?;
+        .map_err(|source| Error::Stdio {
+            what: "read standard input",
+            source,
+        })?;
     if input.len() as u64 > MAX_SPEC_BYTES {
         return Err(Error::BadState(format!(
             "more than {MAX_SPEC_BYTES} bytes on stdin"
@@ -37,7 +40,10 @@ fn run(stage: &str) -> Result<(), Error> {
             let out = hook::precreate(&config, &read_stdin()?)?;
             std::io::stdout()
                 .write_all(&out)
-                .map_err(|e| Error::BadState(format!("cannot write the spec: {e}")))
+                .map_err(|source| Error::Stdio {
+                    what: "write the spec to standard output",
+                    source,
+                })
         }
         _ => unreachable!("checked in main"),
     }

@@ -20,7 +20,9 @@ fn main() {
     println!("== npu-container-runtime demo ==");
     println!("host cgroup mode: {}", layout.name());
     if std::path::Path::new("/dev/davinci0").exists() {
-        println!("note: real NPUs are present; the demo still uses simulated ones so it never touches them");
+        println!(
+            "note: real NPUs are present; the demo still uses simulated ones so it never touches them"
+        );
     }
     let host = FakeHost::new(4);
     println!(
@@ -33,8 +35,15 @@ fn main() {
 
     demo(Place::Host, &host, &format!("this host: {}", layout.name()));
     let ns = V2Namespace::new();
-    demo(Place::V2(&ns), &host, "pure cgroup v2 (private mount namespace, cgroup2 at /sys/fs/cgroup)");
-    println!("\nall containers deleted; records left: {}", host.records().len());
+    demo(
+        Place::V2(&ns),
+        &host,
+        "pure cgroup v2 (private mount namespace, cgroup2 at /sys/fs/cgroup)",
+    );
+    println!(
+        "\nall containers deleted; records left: {}",
+        host.records().len()
+    );
 }
 
 fn demo(place: Place<'_>, host: &FakeHost, title: &str) {
@@ -65,7 +74,10 @@ fn demo(place: Place<'_>, host: &FakeHost, title: &str) {
                 format!("davinci{i} {word}")
             })
             .collect();
-        println!("  mknod + open: {}   (allowed = ENXIO: no driver behind a fake node)", verdicts.join(", "));
+        println!(
+            "  mknod + open: {}   (allowed = ENXIO: no driver behind a fake node)",
+            verdicts.join(", ")
+        );
         let (_, ro) = c.sh("echo x > /usr/local/Ascend/driver/version.info 2>&1; cat /usr/local/Ascend/driver/version.info");
         println!("  driver files: {}", ro.trim().replace('\n', " | "));
         println!("  /dev/null:    {}", open_verdict(c, "/dev/null"));
@@ -101,12 +113,14 @@ fn demo(place: Place<'_>, host: &FakeHost, title: &str) {
     for (_, c) in &containers {
         let record = state::read(&host.config.state_dir, &c.id).ok().flatten();
         if let Some(dir) = record.and_then(|r| r.enforced.unified_dir) {
-            let outside = npu_tests::unified_mount().join(
-                dir.strip_prefix(place.unified_mount())
-                    .unwrap_or(&dir),
-            );
+            let outside = npu_tests::unified_mount()
+                .join(dir.strip_prefix(place.unified_mount()).unwrap_or(&dir));
             println!("bpftool cgroup show {}:", outside.display());
-            for line in run(Command::new("bpftool").args(["cgroup", "show"]).arg(&outside)).lines() {
+            for line in run(Command::new("bpftool")
+                .args(["cgroup", "show"])
+                .arg(&outside))
+            .lines()
+            {
                 println!("  {line}");
             }
         }
