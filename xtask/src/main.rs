@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | test | demo`.
+//! Developer tasks: `cargo xtask setup | test | demo | bench`.
 //!
 //! `setup` installs, idempotently, everything the build and the tests need that cargo does not
 //! fetch by itself: Debian packages (runc, bpftool, ...), the nightly `rust-src` component and
@@ -13,8 +13,9 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("setup") => setup::all(),
         Some("test") => setup::all().and_then(|()| test(&args[1..])),
-        Some("demo") => setup::all().and_then(|()| demo()),
-        _ => Err("usage: cargo xtask setup | test [cargo test args] | demo".into()),
+        Some("demo") => setup::all().and_then(|()| release_binary("npu-demo")),
+        Some("bench") => setup::all().and_then(|()| release_binary("npu-bench")),
+        _ => Err("usage: cargo xtask setup | test [cargo test args] | demo | bench".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -45,14 +46,15 @@ fn cargo() -> Command {
     cmd
 }
 
-/// Release build, then real containers through the runtime on simulated NPUs.
-fn demo() -> Result {
+/// Release build of every binary, then runs one of them: `npu-demo` (real containers through
+/// the runtime on simulated NPUs) or `npu-bench` (the benchmarks).
+fn release_binary(name: &str) -> Result {
     run(cargo().args(["build", "--release", "--bins"]))?;
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
         || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
         std::path::PathBuf::from,
     );
-    run(&mut Command::new(target.join("release/npu-demo")))
+    run(&mut Command::new(target.join("release").join(name)))
 }
 
 /// Formatting, lints, then every test (unit, kernel-level and end-to-end suites).

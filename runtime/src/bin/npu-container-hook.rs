@@ -25,19 +25,32 @@ fn read_stdin() -> Result<Vec<u8>, Error> {
 }
 
 fn run(stage: &str) -> Result<(), Error> {
+    let started = std::time::Instant::now();
     let config = Config::load()?;
     logging::init(&config, NAME, None);
+    let result = run_stage(stage, &config);
+    // `cargo xtask bench` reads this line for the hook's own duration.
+    tracing::debug!(
+        stage,
+        elapsed_us = started.elapsed().as_micros() as u64,
+        ok = result.is_ok(),
+        "hook finished"
+    );
+    result
+}
+
+fn run_stage(stage: &str, config: &Config) -> Result<(), Error> {
     match stage {
         "create-runtime" | "prestart" => {
             let state = hook::parse_state(&read_stdin()?)?;
-            hook::create_runtime(&config, &state)
+            hook::create_runtime(config, &state)
         }
         "poststop" => {
             let state = hook::parse_state(&read_stdin()?)?;
-            hook::poststop(&config, &state)
+            hook::poststop(config, &state)
         }
         "precreate" => {
-            let out = hook::precreate(&config, &read_stdin()?)?;
+            let out = hook::precreate(config, &read_stdin()?)?;
             std::io::stdout()
                 .write_all(&out)
                 .map_err(|source| Error::Stdio {

@@ -3,6 +3,7 @@
 //! ```text
 //! devprobe [--join CGROUP_DIR]... OP...
 //!   read:PATH  write:PATH  mknod:PATH:MAJOR:MINOR (char node; removed again on success)
+//!   loop:PATH:N  (N open+close, for benchmarks: prints nanoseconds per operation)
 //!   exec PROGRAM ARGS...  (replaces the probe, e.g. to leave a process in the cgroups)
 //! ```
 //! Output: `OP PATH RESULT`, RESULT being `OK` or the errno name (`ENXIO`, `EPERM`, ...).
@@ -48,6 +49,18 @@ fn main() {
                     let _ = std::fs::remove_file(&path);
                 }
                 (path, r.map(drop))
+            }
+            "loop" => {
+                let (path, n) = rest.rsplit_once(':').expect("loop:PATH:N");
+                let n: u32 = n.parse().expect("iterations");
+                let started = std::time::Instant::now();
+                for _ in 0..n {
+                    // The verdict is the same every time; only its cost matters here.
+                    let _ = open_result(path, OFlag::O_RDONLY);
+                }
+                let ns = started.elapsed().as_nanos() / u128::from(n.max(1));
+                println!("loop {path} {ns}");
+                continue;
             }
             other => panic!("unknown op {other}"),
         };

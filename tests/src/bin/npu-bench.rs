@@ -1,0 +1,487 @@
+//! `cargo xtask bench`: what the runtime costs, always as a ratio to a baseline measured in
+//! the same run, with A and B runs interleaved so machine noise hits both alike.
+//!
+//! 1. Start overhead of `runc run` (busybox `true`): plain runc vs the shim with 2 NPUs and a
+//!    5-entry mount list, and the shim without a request; on this host and on pure cgroup v2.
+//!    The hook's own duration comes from its log line.
+//! 2. Guard cost per device access: open+close of a non-guarded and of a granted NPU node from
+//!    a container cgroup with runc's deny-by-default filter, without and with the guard.
+//! 3. Scale: 100 containers started concurrently, shim vs plain runc; hook time with 10, 100
+//!    and 1000 containers registered.
+//! 4. Peak RSS of the shim and of the hook.
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use npu_runtime::{
+    config::PATH_ENV,
+    devices::{Access, DevType, Grant},
+    guard::Guard,
+};
+use npu_tests::{FakeHost, Place, RuncContainer, V2Namespace, bin, busybox_rootfs, run, unique};
+
+const ROUNDS: usize = 25;
+
+fn main() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("npu-bench: run as root");
+        std::process::exit(1);
+    }
+    let host = FakeHost::new(4);
+    bench_mount_list(&host);
+    println!("# npu-container-runtime benchmarks");
+    println!(
+        "machine: {} CPUs, kernel {}, {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        run(Command::new("uname").arg("-r")).trim(),
+        run(Command::new("runc").arg("--version"))
+            .lines()
+            .next()
+            .unwrap_or_default()
+    );
+    let ns = V2Namespace::new();
+    for (place, mode) in [
+        (Place::V2(&ns), "cgroup v2"),
+        (Place::Host, "host (cgroup v1)"),
+    ] {
+        start_overhead(place, mode, &host);
+    }
+    guard_cost(Place::V2(&ns), &host);
+    scale(Place::V2(&ns), &host);
+    memory(&host);
+}
+
+/// A 5-entry mount list named `bench`.
+fn bench_mount_list(host: &FakeHost) {
+    let root = host.dir.path().join("driver");
+    let mut list = String::new();
+    for i in 0..5 {
+        let rel = format!("usr/local/Ascend/bench/file{i}");
+        let path = root.join(&rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, "x").unwrap();
+        list.push_str(&format!("/{rel}\n"));
+    }
+    std::fs::write(host.config.mount_list_dir.join("bench.list"), list).unwrap();
+}
+
+struct Stats {
+    min: f64,
+    median: f64,
+    p99: f64,
+    max: f64,
+}
+
+fn stats(samples: &[f64]) -> Stats {
+    let mut s = samples.to_vec();
+    s.sort_by(f64::total_cmp);
+    let at = |q: f64| s[((s.len() - 1) as f64 * q).round() as usize];
+    Stats {
+        min: s[0],
+        median: at(0.5),
+        p99: at(0.99),
+        max: s[s.len() - 1],
+    }
+}
+
+fn row(name: &str, unit: &str, samples: &[f64], baseline: Option<f64>) -> f64 {
+    let s = stats(samples);
+    let ratio = baseline.map_or(String::new(), |b| format!("  ratio {:.3}", s.median / b));
+    println!(
+        "  {name:<44} min {:>9.2} median {:>9.2} max {:>9.2} {unit}{ratio}",
+        s.min, s.median, s.max
+    );
+    s.median
+}
+
+/// A bundle running `args` with `env` in a busybox rootfs.
+fn bundle(
+    dir: &Path,
+    args: &[&str],
+    env: &[&str],
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> (PathBuf, Vec<u8>) {
+    let b = dir.join(unique("bench-bundle"));
+    std::fs::create_dir_all(&b).unwrap();
+    let rootfs = busybox_rootfs(&b);
+    run(Command::new("runc").arg("spec").current_dir(&b));
+    let path = b.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    spec["root"]["path"] = rootfs.display().to_string().into();
+    spec["process"]["terminal"] = false.into();
+    spec["process"]["args"] = serde_json::json!(args);
+    for e in env {
+        spec["process"]["env"]
+            .as_array_mut()
+            .unwrap()
+            .push((*e).into());
+    }
+    edit(&mut spec);
+    let bytes = serde_json::to_vec_pretty(&spec).unwrap();
+    std::fs::write(&path, &bytes).unwrap();
+    (b, bytes)
+}
+
+/// One foreground `runc run` of a fresh container from `bundle` (its pristine spec restored
+/// first, as an engine writes a new one for every container); returns the wall time.
+fn timed_run(
+    place: Place<'_>,
+    runtime: &Path,
+    host: &FakeHost,
+    bundle: &(PathBuf, Vec<u8>),
+) -> Duration {
+    std::fs::write(bundle.0.join("config.json"), &bundle.1).unwrap();
+    let mut cmd = place.command(runtime);
+    cmd.env(PATH_ENV, &host.config_path)
+        .arg("--root")
+        .arg(host.dir.path().join("runc-root"))
+        .args(["run", "--bundle"])
+        .arg(&bundle.0)
+        .arg(unique("bench"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let started = Instant::now();
+    let status = cmd.status().expect("runc run");
+    let elapsed = started.elapsed();
+    assert!(status.success(), "{cmd:?} failed");
+    elapsed
+}
+
+/// Hook durations (ms) logged since `from` bytes into the runtime log.
+fn hook_durations(host: &FakeHost, from: usize, stage: &str) -> Vec<f64> {
+    let log = std::fs::read_to_string(host.dir.path().join("runtime.log")).unwrap_or_default();
+    log.get(from..)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("hook finished") && l.contains(&format!("stage=\"{stage}\"")))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("elapsed_us="))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .map(|us| us / 1000.0)
+        .collect()
+}
+
+fn log_len(host: &FakeHost) -> usize {
+    std::fs::metadata(host.dir.path().join("runtime.log")).map_or(0, |m| m.len() as usize)
+}
+
+fn start_overhead(place: Place<'_>, mode: &str, host: &FakeHost) {
+    println!(
+        "\n## 1. start overhead, `runc run` of busybox `true`, {mode}, {ROUNDS} interleaved rounds"
+    );
+    let dir = host.dir.path();
+    let plain = bundle(dir, &["true"], &[], |_| {});
+    let npu = bundle(
+        dir,
+        &["true"],
+        &["ASCEND_VISIBLE_DEVICES=0,1", "ASCEND_RUNTIME_MOUNTS=bench"],
+        |_| {},
+    );
+    let shim = bin("npu-container-runtime");
+    let runc = PathBuf::from(run(Command::new("sh").args(["-c", "command -v runc"])).trim());
+    // Warm up caches and load the guard once (that happens once per build on a host).
+    for b in [&plain, &npu] {
+        timed_run(place, &shim, host, b);
+    }
+    let log_from = log_len(host);
+    let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        a.push(timed_run(place, &runc, host, &plain).as_secs_f64() * 1e3);
+        b.push(timed_run(place, &shim, host, &npu).as_secs_f64() * 1e3);
+        c.push(timed_run(place, &shim, host, &plain).as_secs_f64() * 1e3);
+    }
+    let base = row("plain runc", "ms", &a, None);
+    row(
+        "shim, 2 NPUs + 5 mounts (target <= 1.10)",
+        "ms",
+        &b,
+        Some(base),
+    );
+    row("shim, no request (target <= 1.02)", "ms", &c, Some(base));
+    let hooks = hook_durations(host, log_from, "create-runtime");
+    let s = stats(&hooks);
+    println!(
+        "  hook create-runtime, in-process (n={}): median {:.2} ms, p99 {:.2} ms",
+        hooks.len(),
+        s.median,
+        s.p99
+    );
+}
+
+fn guard_cost(place: Place<'_>, host: &FakeHost) {
+    println!(
+        "\n## 2. guard cost per device access (open+close), cgroup v2, runc's deny-by-default filter"
+    );
+    let dir = host.dir.path();
+    let m = host.chip_major;
+    let allow_npu1 = |spec: &mut serde_json::Value| {
+        spec["linux"]["resources"]["devices"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"allow": true, "type": "c", "major": m, "minor": 1, "access": "rwm"}));
+    };
+    // A: runc's filter only (the grant written as the shim would, no guard). B: the shim.
+    let a = RuncContainer::start(place, dir, "runc".as_ref(), allow_npu1).expect("A");
+    let b = RuncContainer::start_with_env(
+        place,
+        dir,
+        &bin("npu-container-runtime"),
+        &host.config_path,
+        |s| {
+            s["process"]["env"]
+                .as_array_mut()
+                .unwrap()
+                .push("ASCEND_VISIBLE_DEVICES=1".into());
+        },
+    )
+    .expect("B");
+    let inside = place.unified_mount();
+    let cg = |c: &RuncContainer<'_>| inside.join(c.unified_path().trim_start_matches('/'));
+    let chip = host.chip(1);
+    let targets = [
+        ("non-guarded (/dev/null)", PathBuf::from("/dev/null")),
+        ("granted NPU node", chip),
+    ];
+    const N: u32 = 200_000;
+    for (name, path) in targets {
+        let (mut ta, mut tb) = (Vec::new(), Vec::new());
+        for _ in 0..9 {
+            for (c, out) in [(&a, &mut ta), (&b, &mut tb)] {
+                let text = run(place
+                    .command(bin("devprobe"))
+                    .arg("--join")
+                    .arg(cg(c))
+                    .arg(format!("loop:{}:{N}", path.display())));
+                let ns: f64 = text.split_whitespace().last().unwrap().parse().unwrap();
+                out.push(ns);
+            }
+        }
+        println!("  {name}:");
+        let base = row("runc filter only", "ns/op", &ta, None);
+        row(
+            "runc filter + npu_dev_guard (target <= 1.05)",
+            "ns/op",
+            &tb,
+            Some(base),
+        );
+    }
+}
+
+fn scale(place: Place<'_>, host: &FakeHost) {
+    println!("\n## 3. scale, cgroup v2");
+    let dir = host.dir.path();
+    let shim = bin("npu-container-runtime");
+    let sleeper = |env: &'static [&'static str]| bundle(dir, &["sleep", "600"], env, |_| {});
+    let plain = sleeper(&[]);
+    let npu = sleeper(&["ASCEND_VISIBLE_DEVICES=0,1", "ASCEND_RUNTIME_MOUNTS=bench"]);
+    let root = host.dir.path().join("scale-root");
+    let start_many =
+        |runtime: &Path, b: &(PathBuf, Vec<u8>), n: usize| -> (Duration, Vec<String>) {
+            let ids: Vec<String> = (0..n).map(|_| unique("scale")).collect();
+            // Each container gets its own copy of the pristine bundle, as engines do.
+            let bundles: Vec<PathBuf> = ids
+                .iter()
+                .map(|id| {
+                    let d = dir.join(format!("{id}-bundle"));
+                    std::fs::create_dir_all(&d).unwrap();
+                    let mut spec: serde_json::Value = serde_json::from_slice(&b.1).unwrap();
+                    spec["root"]["path"] = b.0.join("rootfs").display().to_string().into();
+                    spec["root"]["readonly"] = true.into();
+                    std::fs::write(d.join("config.json"), serde_json::to_vec(&spec).unwrap())
+                        .unwrap();
+                    d
+                })
+                .collect();
+            let started = Instant::now();
+            let children: Vec<_> = ids
+                .iter()
+                .zip(&bundles)
+                .map(|(id, d)| {
+                    place
+                        .command(runtime)
+                        .env(PATH_ENV, &host.config_path)
+                        .arg("--root")
+                        .arg(&root)
+                        .args(["run", "-d", "--bundle"])
+                        .arg(d)
+                        .arg(id)
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .expect("spawn")
+                })
+                .collect();
+            for mut c in children {
+                assert!(c.wait().unwrap().success(), "a concurrent start failed");
+            }
+            (started.elapsed(), ids)
+        };
+    let delete_all = |ids: &[String]| {
+        for id in ids {
+            let _ = place
+                .command("runc")
+                .arg("--root")
+                .arg(&root)
+                .args(["delete", "-f", id])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    };
+    let log_from = log_len(host);
+    let (t_plain, ids) = start_many("runc".as_ref(), &plain, 100);
+    delete_all(&ids);
+    let (t_shim, ids) = start_many(&shim, &npu, 100);
+    let hooks = hook_durations(host, log_from, "create-runtime");
+    delete_all(&ids);
+    println!(
+        "  100 concurrent starts: plain runc {:.2} s, shim with NPUs {:.2} s, ratio {:.3}",
+        t_plain.as_secs_f64(),
+        t_shim.as_secs_f64(),
+        t_shim.as_secs_f64() / t_plain.as_secs_f64()
+    );
+    let s = stats(&hooks);
+    println!(
+        "  hook under that load (n={}): median {:.2} ms, p99 {:.2} ms",
+        hooks.len(),
+        s.median,
+        s.p99
+    );
+
+    // Hook time as the number of registered containers grows: fill the maps with containers
+    // that look like live ones (ids no real cgroup has), then start a few real ones.
+    println!("  hook time with N containers registered (10 sequential starts each):");
+    let mut guard = Guard::ensure(&host.config.bpf_dir).expect("guard");
+    let grants: Vec<Grant> = (0..5)
+        .map(|minor| Grant {
+            dev_type: DevType::Char,
+            major: host.chip_major,
+            minor,
+            access: Access::ALL,
+        })
+        .collect();
+    let mut registered = 0u64;
+    let mut medians = Vec::new();
+    for target in [10u64, 100, 1000] {
+        while registered < target {
+            guard
+                .register((1 << 40) + registered, &grants)
+                .expect("register");
+            registered += 1;
+        }
+        let from = log_len(host);
+        let (_, ids) = start_many(&shim, &npu, 1);
+        delete_all(&ids);
+        let mut more = Vec::new();
+        for _ in 0..9 {
+            let (_, ids) = start_many(&shim, &npu, 1);
+            more.extend(ids);
+        }
+        delete_all(&more);
+        let hooks = hook_durations(host, from, "create-runtime");
+        let median = stats(&hooks).median;
+        println!(
+            "    {target:>5} registered: hook median {median:.2} ms (n={})",
+            hooks.len()
+        );
+        medians.push(median);
+    }
+    println!(
+        "    ratio 1000 vs 10 registered: {:.3} (flat is ~1)",
+        medians[2] / medians[0]
+    );
+    for id in 0..registered {
+        guard
+            .unregister((1 << 40) + id, &grants)
+            .expect("unregister");
+    }
+}
+
+/// Peak RSS (KiB) of a child, from wait4's rusage.
+fn peak_rss_kib(cmd: &mut Command, input: Option<&[u8]>) -> i64 {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    if let Some(input) = input {
+        child.stdin.take().unwrap().write_all(input).unwrap();
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let mut status = 0;
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: `pid` is our own unreaped child, and `status`/`usage` are valid for writes of
+    // their types for the duration of the call.
+    let rc = unsafe { libc::wait4(pid.as_raw(), &mut status, 0, usage.as_mut_ptr()) };
+    assert_eq!(rc, pid.as_raw(), "wait4");
+    // SAFETY: wait4 succeeded, so the kernel filled `usage` (and it was zeroed before).
+    let usage = unsafe { usage.assume_init() };
+    // Already reaped above; dropping the handle does not wait again.
+    drop(child);
+    usage.ru_maxrss
+}
+
+fn memory(host: &FakeHost) {
+    println!("\n## 4. peak RSS (target: each under 10 MiB)");
+    let dir = host.dir.path();
+    // The shim execs the runtime, so its peak is measured with `true` as the runtime.
+    let cfg = dir.join("bench-true.toml");
+    let base = std::fs::read_to_string(&host.config_path).unwrap();
+    std::fs::write(&cfg, format!("{base}runtimes = [\"/bin/true\"]\n")).unwrap();
+    let npu = bundle(
+        dir,
+        &["true"],
+        &["ASCEND_VISIBLE_DEVICES=0,1", "ASCEND_RUNTIME_MOUNTS=bench"],
+        |_| {},
+    );
+    let shim_kib = peak_rss_kib(
+        Command::new(bin("npu-container-runtime"))
+            .env(PATH_ENV, &cfg)
+            .args(["create", "--bundle"])
+            .arg(&npu.0)
+            .arg("rss"),
+        None,
+    );
+    let true_kib = peak_rss_kib(&mut Command::new("/bin/true"), None);
+    println!(
+        "  shim (create with 2 NPUs, spec edit, exec): {shim_kib} KiB (the exec'd /bin/true alone: {true_kib} KiB)"
+    );
+
+    // The hook, as runc calls it, on a created container.
+    let place = Place::Host;
+    let c = RuncContainer::start_with_env(
+        place,
+        dir,
+        &bin("npu-container-runtime"),
+        &host.config_path,
+        |s| {
+            s["process"]["env"]
+                .as_array_mut()
+                .unwrap()
+                .push("ASCEND_VISIBLE_DEVICES=0".into());
+        },
+    )
+    .expect("container");
+    let state = serde_json::json!({"ociVersion": "1.0.2", "id": c.id, "status": "created", "pid": c.pid(), "bundle": c.bundle});
+    let hook_kib = peak_rss_kib(
+        Command::new(bin("npu-container-hook"))
+            .env(PATH_ENV, &host.config_path)
+            .arg("create-runtime"),
+        Some(state.to_string().as_bytes()),
+    );
+    println!("  hook create-runtime: {hook_kib} KiB");
+}
