@@ -21,25 +21,29 @@ pub const MAP_GRANTS: &str = "npu_grants";
 /// Program name as `bpftool cgroup show` prints it.
 pub const PROGRAM_NAME: &str = "npu_dev_guard";
 
-pub const MAX_CLASSES: usize = 256;
+/// Device majors are 12 bits: the classes array has one slot per major.
+pub const MAX_MAJORS: usize = 4096;
 pub const MAX_CONTAINERS: usize = 16384;
 pub const MAX_GRANTS: usize = 131072;
 /// Deepest cgroup level the program inspects when it looks for the owning container.
 pub const MAX_CGROUP_DEPTH: i32 = 32;
 
-/// A guarded device class: every node of this (type, major) is NPU-related.
+/// The guarded classes of one major (the array index): every node of a guarded (type, major)
+/// is NPU-related. An array, because its lookups are inlined by the JIT: every device access
+/// of a guarded container pays for this check.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ClassKey {
-    pub dev_type: u32,
-    pub major: u32,
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClassValue {
+    /// Bit `1 << DEV_*` set for each guarded device type of this major.
+    pub dev_types: u32,
+    /// Number of host nodes seen in these classes when last written (informational).
+    pub nodes: u32,
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ClassValue {
-    /// Number of host nodes seen in this class when it was last written (informational).
-    pub nodes: u32,
+impl ClassValue {
+    pub const fn guards(&self, dev_type: u32) -> bool {
+        dev_type < 32 && self.dev_types & (1 << dev_type) != 0
+    }
 }
 
 /// A registered container, identified by the id of its cgroup v2 directory.
@@ -49,11 +53,10 @@ pub struct ContainerKey {
     pub cgroup_id: u64,
 }
 
-/// Verdict counters of a registered container (guarded classes only).
+/// Denied guarded accesses of a registered container (allowed ones are counted per grant).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ContainerStats {
-    pub allowed: u64,
     pub denied: u64,
 }
 
@@ -70,10 +73,13 @@ pub struct GrantKey {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GrantValue {
     /// `ACC_*` bits the container may use on this node.
     pub access: u32,
+    pub pad: u32,
+    /// Accesses allowed through this grant.
+    pub allowed: u64,
 }
 
 #[cfg(feature = "user")]
@@ -82,7 +88,6 @@ mod user {
 
     // SAFETY (all impls): the types are #[repr(C)], made only of integers, with padding spelled
     // out as fields, so every byte is initialised and every bit pattern is a valid value.
-    unsafe impl aya::Pod for ClassKey {}
     unsafe impl aya::Pod for ClassValue {}
     unsafe impl aya::Pod for ContainerKey {}
     unsafe impl aya::Pod for ContainerStats {}
@@ -97,12 +102,20 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<ClassKey>(), 8);
-        assert_eq!(size_of::<ClassValue>(), 4);
+        assert_eq!(size_of::<ClassValue>(), 8);
         assert_eq!(size_of::<ContainerKey>(), 8);
-        assert_eq!(size_of::<ContainerStats>(), 16);
+        assert_eq!(size_of::<ContainerStats>(), 8);
         assert_eq!(size_of::<GrantKey>(), 24);
-        assert_eq!(size_of::<GrantValue>(), 4);
+        assert_eq!(size_of::<GrantValue>(), 16);
+    }
+
+    #[test]
+    fn class_bits() {
+        let v = ClassValue {
+            dev_types: 1 << DEV_CHAR,
+            nodes: 3,
+        };
+        assert!(v.guards(DEV_CHAR) && !v.guards(DEV_BLOCK) && !v.guards(99));
     }
 
     #[test]

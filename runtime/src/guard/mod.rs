@@ -16,12 +16,12 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap, Map, MapData, MapError, PerCpuHashMap, PerCpuValues},
+    maps::{Array, Map, MapData, MapError, PerCpuHashMap, PerCpuValues},
     programs::{CgroupDevice, ProgramError},
 };
 use npu_guard_common::{
-    ClassKey, ClassValue, ContainerKey, ContainerStats, GrantKey, GrantValue, MAP_CLASSES,
-    MAP_CONTAINERS, MAP_GRANTS, PROGRAM_NAME,
+    ClassValue, ContainerKey, ContainerStats, GrantKey, GrantValue, MAP_CLASSES, MAP_CONTAINERS,
+    MAP_GRANTS, MAX_MAJORS, PROGRAM_NAME,
 };
 
 use crate::devices::{Access, DevType, DeviceClass, Grant};
@@ -74,6 +74,8 @@ pub enum GuardError {
     },
     #[error("refusing cgroup id {0}: not a container cgroup")]
     BadCgroup(u64),
+    #[error("device major {0} is out of range")]
+    BadMajor(u32),
 }
 
 /// Identifies the embedded program build: a hash of the object file.
@@ -118,9 +120,9 @@ pub struct Guard {
     version: String,
     dir: PathBuf,
     program: CgroupDevice,
-    classes: HashMap<MapData, ClassKey, ClassValue>,
+    classes: Array<MapData, ClassValue>,
     containers: PerCpuHashMap<MapData, ContainerKey, ContainerStats>,
-    grants: HashMap<MapData, GrantKey, GrantValue>,
+    grants: PerCpuHashMap<MapData, GrantKey, GrantValue>,
 }
 
 impl Guard {
@@ -184,19 +186,28 @@ impl Guard {
         classes: impl IntoIterator<Item = (DeviceClass, u32)>,
     ) -> Result<(), GuardError> {
         for (class, nodes) in classes {
-            let key = ClassKey {
-                dev_type: class.dev_type.bpf(),
-                major: class.major,
-            };
+            if class.major as usize >= MAX_MAJORS {
+                return Err(GuardError::BadMajor(class.major));
+            }
+            let mut value = self
+                .classes
+                .get(&class.major, 0)
+                .map_err(map_error("read", MAP_CLASSES))?;
+            let bit = 1 << class.dev_type.bpf();
+            if value.dev_types & bit != 0 && value.nodes == nodes {
+                continue;
+            }
+            value.dev_types |= bit;
+            value.nodes = nodes;
             self.classes
-                .insert(key, ClassValue { nodes }, 0)
-                .map_err(map_error("insert", MAP_CLASSES))?;
+                .set(class.major, value, 0)
+                .map_err(map_error("update", MAP_CLASSES))?;
         }
         Ok(())
     }
 
     /// Registers the container whose cgroup has id `cgroup_id` with exactly `grants`.
-    /// On failure nothing of it is left in the maps.
+    /// On failure nothing of it is left in the maps. Registering again keeps the counters.
     pub fn register(&mut self, cgroup_id: u64, grants: &[Grant]) -> Result<(), GuardError> {
         // Ids 0 and 1 are "none" and the root cgroup: registering them would open NPUs to
         // the whole host.
@@ -212,50 +223,53 @@ impl Guard {
     }
 
     fn insert_registration(&mut self, cgroup_id: u64, grants: &[Grant]) -> Result<(), GuardError> {
-        for g in grants {
-            self.grants
-                .insert(
-                    grant_key(cgroup_id, g),
-                    GrantValue {
-                        access: g.access.bits(),
-                    },
-                    0,
-                )
-                .map_err(map_error("insert", MAP_GRANTS))?;
-        }
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| GuardError::Map {
             op: "size",
             map: MAP_CONTAINERS,
             source: MapError::IoError(e),
         })?;
-        let zeros = PerCpuValues::try_from(vec![ContainerStats::default(); cpus]).map_err(|e| {
-            GuardError::Map {
+        let per_cpu = |map: &'static str| {
+            move |e: std::io::Error| GuardError::Map {
                 op: "size",
-                map: MAP_CONTAINERS,
+                map,
                 source: MapError::IoError(e),
             }
-        })?;
-        // BPF_NOEXIST keeps the counters of a container registered before (a re-run).
-        match self
-            .containers
-            .insert(ContainerKey { cgroup_id }, zeros, BPF_NOEXIST)
-        {
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
-                Ok(())
-            }
-            other => other.map_err(map_error("insert", MAP_CONTAINERS)),
+        };
+        // The container entry first: the program's fast path trusts that a grant's cgroup is
+        // registered.
+        let zeros = PerCpuValues::try_from(vec![ContainerStats::default(); cpus])
+            .map_err(per_cpu(MAP_CONTAINERS))?;
+        ignore_existing(
+            self.containers
+                .insert(ContainerKey { cgroup_id }, zeros, BPF_NOEXIST),
+        )
+        .map_err(map_error("insert", MAP_CONTAINERS))?;
+        for g in grants {
+            let value = GrantValue {
+                access: g.access.bits(),
+                pad: 0,
+                allowed: 0,
+            };
+            let values = PerCpuValues::try_from(vec![value; cpus]).map_err(per_cpu(MAP_GRANTS))?;
+            ignore_existing(
+                self.grants
+                    .insert(grant_key(cgroup_id, g), values, BPF_NOEXIST),
+            )
+            .map_err(map_error("insert", MAP_GRANTS))?;
         }
+        Ok(())
     }
 
-    /// Removes the container and its grants. The container entry goes first, so from that
-    /// moment every guarded access from the cgroup is denied. Missing entries are fine.
+    /// Removes the container's grants, then the container. Grants go first because the
+    /// program allows on a grant of the task's own cgroup without looking further; from the
+    /// moment a grant is gone, its accesses are denied. Missing entries are fine.
     pub fn unregister(&mut self, cgroup_id: u64, grants: &[Grant]) -> Result<(), GuardError> {
-        ignore_missing(self.containers.remove(&ContainerKey { cgroup_id }))
-            .map_err(map_error("remove", MAP_CONTAINERS))?;
         for g in grants {
             ignore_missing(self.grants.remove(&grant_key(cgroup_id, g)))
                 .map_err(map_error("remove", MAP_GRANTS))?;
         }
+        ignore_missing(self.containers.remove(&ContainerKey { cgroup_id }))
+            .map_err(map_error("remove", MAP_CONTAINERS))?;
         Ok(())
     }
 
@@ -303,32 +317,31 @@ impl Guard {
         let mut by_id: BTreeMap<u64, ContainerPolicy> = BTreeMap::new();
         for entry in self.containers.iter() {
             let (key, per_cpu) = entry.map_err(map_error("read", MAP_CONTAINERS))?;
-            let (allowed, denied) = per_cpu
-                .iter()
-                .fold((0, 0), |(a, d), s| (a + s.allowed, d + s.denied));
             by_id.insert(
                 key.cgroup_id,
                 ContainerPolicy {
                     cgroup_id: key.cgroup_id,
-                    allowed,
-                    denied,
+                    allowed: 0,
+                    denied: per_cpu.iter().map(|s| s.denied).sum(),
                     grants: Vec::new(),
                 },
             );
         }
         for entry in self.grants.iter() {
-            let (key, value) = entry.map_err(map_error("read", MAP_GRANTS))?;
-            // Grants without a container entry are leftovers of an interrupted cleanup; they
-            // grant nothing (no owner) and `gc` removes them.
-            if let (Some(policy), Some(dev_type)) = (
+            let (key, per_cpu) = entry.map_err(map_error("read", MAP_GRANTS))?;
+            // Grants without a container entry are leftovers of an interrupted cleanup of a
+            // cgroup that is gone (ids are never reused); `gc` removes them.
+            if let (Some(policy), Some(dev_type), Some(first)) = (
                 by_id.get_mut(&key.cgroup_id),
                 DevType::from_bpf(key.dev_type),
+                per_cpu.iter().next(),
             ) {
+                policy.allowed += per_cpu.iter().map(|v| v.allowed).sum::<u64>();
                 policy.grants.push(Grant {
                     dev_type,
                     major: key.major,
                     minor: key.minor,
-                    access: Access::from_bits(value.access),
+                    access: Access::from_bits(first.access),
                 });
             }
         }
@@ -352,6 +365,13 @@ fn grant_key(cgroup_id: u64, g: &Grant) -> GrantKey {
 
 fn map_error(op: &'static str, map: &'static str) -> impl Fn(MapError) -> GuardError {
     move |source| GuardError::Map { op, map, source }
+}
+
+fn ignore_existing(result: Result<(), MapError>) -> Result<(), MapError> {
+    match result {
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        other => other,
+    }
 }
 
 fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
