@@ -65,6 +65,18 @@ pub fn init(config: &Config, program: &'static str, runc: Option<&RuncArgs>) {
     let _ = tracing::subscriber::set_global_default(subscriber);
 }
 
+/// This process's peak resident set size in KiB (`VmHWM`), for the benchmarks' debug lines.
+pub fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// runc's log line formats: `{"level":"error","msg":"...","time":"..."}` or logrus text.
 struct RuncFormat {
     json: bool,

@@ -85,8 +85,13 @@ pub fn edit_spec(config: &Config, spec: &mut Spec, hook: &HookCommand) -> Result
 /// The `create`/`run` step: edit `bundle/config.json` in place (atomically) when the
 /// container asks for NPUs. A container without a request is not rewritten at all.
 pub fn prepare_bundle(config: &Config, bundle: &Path) -> Result<bool, Error> {
-    let mut spec = Spec::read(bundle)?;
-    // Cheap check first: most containers on a host are not NPU containers.
+    let (path, bytes) = Spec::read_bytes(bundle)?;
+    // Most containers on a host are not NPU containers: without the variable's name anywhere
+    // in the file there is no request, and no need to parse it.
+    if !contains(&bytes, crate::request::VISIBLE_DEVICES.as_bytes()) {
+        return Ok(false);
+    }
+    let mut spec = Spec::parse(&bytes, path)?;
     if Request::from_env(&spec.env()?)?.is_none() {
         return Ok(false);
     }
@@ -96,6 +101,10 @@ pub fn prepare_bundle(config: &Config, bundle: &Path) -> Result<bool, Error> {
         spec.write_atomic()?;
     }
     Ok(edited)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// After `update`: make sure the container's isolation is still in place (re-attach the guard,

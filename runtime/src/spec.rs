@@ -42,6 +42,12 @@ pub struct Spec {
 
 impl Spec {
     pub fn read(bundle: &Path) -> Result<Self, SpecError> {
+        let (path, bytes) = Self::read_bytes(bundle)?;
+        Self::parse(&bytes, path)
+    }
+
+    /// The raw `config.json` of `bundle` (bounded by [`MAX_SPEC_BYTES`]) and its path.
+    pub fn read_bytes(bundle: &Path) -> Result<(PathBuf, Vec<u8>), SpecError> {
         let path = bundle.join("config.json");
         let read_error = |source| SpecError::Read {
             path: path.clone(),
@@ -57,7 +63,7 @@ impl Spec {
                 reason: format!("larger than the {MAX_SPEC_BYTES} bytes accepted"),
             });
         }
-        Self::parse(&bytes, path)
+        Ok((path, bytes))
     }
 
     pub fn parse(bytes: &[u8], path: PathBuf) -> Result<Self, SpecError> {

@@ -65,6 +65,15 @@ fn output(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// The host's target triple (`rustc -vV`).
+pub fn host_triple() -> Result<String> {
+    output(Command::new("rustc").arg("-vV"))?
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .map(String::from)
+        .ok_or_else(|| "rustc -vV names no host".into())
+}
+
 fn nightly_sysroot() -> Result<PathBuf> {
     output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
         .map(PathBuf::from)

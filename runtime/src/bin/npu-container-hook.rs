@@ -33,6 +33,7 @@ fn run(stage: &str) -> Result<(), Error> {
     tracing::debug!(
         stage,
         elapsed_us = started.elapsed().as_micros() as u64,
+        vm_hwm_kib = logging::peak_rss_kib(),
         ok = result.is_ok(),
         "hook finished"
     );

@@ -13,6 +13,8 @@ fn fail(e: &Error) -> ! {
 }
 
 fn exec(runtime: &PathBuf, args: &[OsString]) -> ! {
+    // Evaluated only when debug logging is on (`cargo xtask bench` reads it).
+    tracing::debug!(vm_hwm_kib = logging::peak_rss_kib(), runtime = %runtime.display(), "exec runtime");
     let e = Command::new(runtime).args(args).exec();
     fail(&Error::Exec {
         path: runtime.clone(),

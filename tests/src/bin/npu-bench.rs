@@ -405,83 +405,44 @@ fn scale(place: Place<'_>, host: &FakeHost) {
     }
 }
 
-/// Peak RSS (KiB) of a child, from wait4's rusage.
-fn peak_rss_kib(cmd: &mut Command, input: Option<&[u8]>) -> i64 {
-    use std::io::Write;
-    let mut child = cmd
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
+/// The largest `vm_hwm_kib` of log lines containing `marker` since `from`.
+fn logged_peak_kib(host: &FakeHost, from: usize, marker: &str) -> u64 {
+    let log = std::fs::read_to_string(host.dir.path().join("runtime.log")).unwrap_or_default();
+    log.get(from..)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(marker))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("vm_hwm_kib="))
+                .and_then(|v| v.parse().ok())
         })
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    if let Some(input) = input {
-        child.stdin.take().unwrap().write_all(input).unwrap();
-    }
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let mut status = 0;
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: `pid` is our own unreaped child, and `status`/`usage` are valid for writes of
-    // their types for the duration of the call.
-    let rc = unsafe { libc::wait4(pid.as_raw(), &mut status, 0, usage.as_mut_ptr()) };
-    assert_eq!(rc, pid.as_raw(), "wait4");
-    // SAFETY: wait4 succeeded, so the kernel filled `usage` (and it was zeroed before).
-    let usage = unsafe { usage.assume_init() };
-    // Already reaped above; dropping the handle does not wait again.
-    drop(child);
-    usage.ru_maxrss
+        .max()
+        .unwrap_or(0)
 }
 
+/// Peak RSS as each binary reports it (`VmHWM` of its own address space): measuring from the
+/// parent would count memory a forked child inherits from the benchmark itself.
 fn memory(host: &FakeHost) {
-    println!("\n## 4. peak RSS (target: each under 10 MiB)");
-    let dir = host.dir.path();
-    // The shim execs the runtime, so its peak is measured with `true` as the runtime.
-    let cfg = dir.join("bench-true.toml");
-    let base = std::fs::read_to_string(&host.config_path).unwrap();
-    std::fs::write(&cfg, format!("{base}runtimes = [\"/bin/true\"]\n")).unwrap();
+    println!("\n## 4. peak RSS, as reported by each process (target: each under 10 MiB)");
+    let from = log_len(host);
     let npu = bundle(
-        dir,
+        host.dir.path(),
         &["true"],
         &["ASCEND_VISIBLE_DEVICES=0,1", "ASCEND_RUNTIME_MOUNTS=bench"],
         |_| {},
     );
-    let shim_kib = peak_rss_kib(
-        Command::new(bin("npu-container-runtime"))
-            .env(PATH_ENV, &cfg)
-            .args(["create", "--bundle"])
-            .arg(&npu.0)
-            .arg("rss"),
-        None,
-    );
-    let true_kib = peak_rss_kib(&mut Command::new("/bin/true"), None);
+    for _ in 0..5 {
+        timed_run(Place::Host, &bin("npu-container-runtime"), host, &npu);
+    }
+    let mib = |kib: u64| kib as f64 / 1024.0;
     println!(
-        "  shim (create with 2 NPUs, spec edit, exec): {shim_kib} KiB (the exec'd /bin/true alone: {true_kib} KiB)"
+        "  shim (create, 2 NPUs + 5 mounts, at exec): {:.1} MiB",
+        mib(logged_peak_kib(host, from, "exec runtime"))
     );
-
-    // The hook, as runc calls it, on a created container.
-    let place = Place::Host;
-    let c = RuncContainer::start_with_env(
-        place,
-        dir,
-        &bin("npu-container-runtime"),
-        &host.config_path,
-        |s| {
-            s["process"]["env"]
-                .as_array_mut()
-                .unwrap()
-                .push("ASCEND_VISIBLE_DEVICES=0".into());
-        },
-    )
-    .expect("container");
-    let state = serde_json::json!({"ociVersion": "1.0.2", "id": c.id, "status": "created", "pid": c.pid(), "bundle": c.bundle});
-    let hook_kib = peak_rss_kib(
-        Command::new(bin("npu-container-hook"))
-            .env(PATH_ENV, &host.config_path)
-            .arg("create-runtime"),
-        Some(state.to_string().as_bytes()),
+    println!(
+        "  hook create-runtime: {:.1} MiB, poststop: {:.1} MiB",
+        mib(logged_peak_kib(host, from, "stage=\"create-runtime\"")),
+        mib(logged_peak_kib(host, from, "stage=\"poststop\""))
     );
-    println!("  hook create-runtime: {hook_kib} KiB");
 }
