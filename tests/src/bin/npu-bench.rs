@@ -22,7 +22,7 @@ use npu_runtime::{
 };
 use npu_tests::{FakeHost, Place, RuncContainer, V2Namespace, bin, busybox_rootfs, run, unique};
 
-const ROUNDS: usize = 25;
+const ROUNDS: usize = 30;
 
 fn main() {
     if !nix::unistd::geteuid().is_root() {
@@ -173,16 +173,25 @@ fn log_len(host: &FakeHost) -> usize {
 
 fn start_overhead(place: Place<'_>, mode: &str, host: &FakeHost) {
     println!(
-        "\n## 1. start overhead, `runc run` of busybox `true`, {mode}, {ROUNDS} interleaved rounds"
+        "\n## 1. start overhead, `runc run` of busybox `true`, {mode}, {ROUNDS} rounds, order rotated"
     );
     let dir = host.dir.path();
+    let request = ["ASCEND_VISIBLE_DEVICES=0,1", "ASCEND_RUNTIME_MOUNTS=bench"];
     let plain = bundle(dir, &["true"], &[], |_| {});
-    let npu = bundle(
-        dir,
-        &["true"],
-        &["ASCEND_VISIBLE_DEVICES=0,1", "ASCEND_RUNTIME_MOUNTS=bench"],
-        |_| {},
+    let npu = bundle(dir, &["true"], &request, |_| {});
+    // The same devices and rules the shim writes, but no hooks: what runc itself spends on
+    // the NPU devices, apart from our processes.
+    let edited = run_with_input(
+        Command::new(bin("npu-container-hook"))
+            .env(PATH_ENV, &host.config_path)
+            .arg("precreate"),
+        &npu.1,
     );
+    let devices_only = bundle(dir, &["true"], &request, |spec| {
+        let full: serde_json::Value = serde_json::from_str(&edited).unwrap();
+        spec["linux"]["devices"] = full["linux"]["devices"].clone();
+        spec["linux"]["resources"]["devices"] = full["linux"]["resources"]["devices"].clone();
+    });
     let shim = bin("npu-container-runtime");
     let runc = PathBuf::from(run(Command::new("sh").args(["-c", "command -v runc"])).trim());
     // Warm up caches and load the guard once (that happens once per build on a host).
@@ -190,20 +199,40 @@ fn start_overhead(place: Place<'_>, mode: &str, host: &FakeHost) {
         timed_run(place, &shim, host, b);
     }
     let log_from = log_len(host);
-    let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        a.push(timed_run(place, &runc, host, &plain).as_secs_f64() * 1e3);
-        b.push(timed_run(place, &shim, host, &npu).as_secs_f64() * 1e3);
-        c.push(timed_run(place, &shim, host, &plain).as_secs_f64() * 1e3);
+    let variants: [(&Path, &(PathBuf, Vec<u8>)); 4] = [
+        (&runc, &plain),
+        (&shim, &npu),
+        (&shim, &plain),
+        (&runc, &devices_only),
+    ];
+    let mut samples = vec![Vec::new(); variants.len()];
+    for round in 0..ROUNDS {
+        // Rotate the order so no variant always follows another's teardown.
+        for k in 0..variants.len() {
+            let i = (round + k) % variants.len();
+            let (runtime, b) = variants[i];
+            samples[i].push(timed_run(place, runtime, host, b).as_secs_f64() * 1e3);
+        }
     }
-    let base = row("plain runc", "ms", &a, None);
+    let base = row("plain runc", "ms", &samples[0], None);
     row(
         "shim, 2 NPUs + 5 mounts (target <= 1.10)",
         "ms",
-        &b,
+        &samples[1],
         Some(base),
     );
-    row("shim, no request (target <= 1.02)", "ms", &c, Some(base));
+    row(
+        "shim, no request (target <= 1.02)",
+        "ms",
+        &samples[2],
+        Some(base),
+    );
+    row(
+        "plain runc, same NPU devices and rules, no hooks",
+        "ms",
+        &samples[3],
+        Some(base),
+    );
     let hooks = hook_durations(host, log_from, "create-runtime");
     let s = stats(&hooks);
     println!(
@@ -212,6 +241,27 @@ fn start_overhead(place: Place<'_>, mode: &str, host: &FakeHost) {
         s.median,
         s.p99
     );
+    let posts = hook_durations(host, log_from, "poststop");
+    let s = stats(&posts);
+    println!(
+        "  hook poststop, in-process (n={}): median {:.2} ms, p99 {:.2} ms",
+        posts.len(),
+        s.median,
+        s.p99
+    );
+}
+
+fn run_with_input(cmd: &mut Command, input: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{cmd:?}");
+    String::from_utf8(out.stdout).unwrap()
 }
 
 fn guard_cost(place: Place<'_>, host: &FakeHost) {
