@@ -11,7 +11,7 @@ mod sys;
 use std::{
     collections::BTreeMap,
     fs::File,
-    os::fd::AsFd,
+    os::fd::{AsFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -56,6 +56,11 @@ pub enum GuardError {
     },
     #[error("cannot open pinned {path}: {source}")]
     OpenPin { path: PathBuf, source: MapError },
+    #[error("cannot open pinned program {path}: {source}")]
+    OpenProgram {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot {op} in map {map}: {source}")]
     Map {
         op: &'static str,
@@ -118,8 +123,8 @@ pub struct ContainerPolicy {
 /// Handles on one pinned program version and its maps.
 pub struct Guard {
     version: String,
-    dir: PathBuf,
-    program: CgroupDevice,
+    program: OwnedFd,
+    program_id: u32,
     classes: Array<MapData, ClassValue>,
     containers: PerCpuHashMap<MapData, ContainerKey, ContainerStats>,
     grants: PerCpuHashMap<MapData, GrantKey, GrantValue>,
@@ -155,29 +160,25 @@ impl Guard {
     }
 
     fn open_dir(dir: PathBuf, version: String) -> Result<Self, GuardError> {
-        let program = CgroupDevice::from_pin(dir.join(PROGRAM_NAME))?;
+        let path = dir.join(PROGRAM_NAME);
+        let open_error = |source| GuardError::OpenProgram {
+            path: path.clone(),
+            source,
+        };
+        let program = sys::obj_get(&path).map_err(open_error)?;
+        let program_id = sys::prog_id(program.as_fd()).map_err(open_error)?;
         Ok(Self {
+            program_id,
             classes: open_map(&dir, MAP_CLASSES)?,
             containers: open_map(&dir, MAP_CONTAINERS)?,
             grants: open_map(&dir, MAP_GRANTS)?,
             program,
             version,
-            dir,
         })
     }
 
     pub fn version(&self) -> &str {
         &self.version
-    }
-
-    /// The directory holding this version's pins.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// The kernel's id of the pinned program.
-    pub fn program_id(&self) -> Result<u32, GuardError> {
-        Ok(self.program.info()?.id())
     }
 
     /// Marks device classes as guarded (idempotent; classes are never unguarded).
@@ -283,8 +284,7 @@ impl Guard {
         if self.attached_to_fd(&dir, cgroup)? {
             return Ok(false);
         }
-        let prog = self.program.fd()?;
-        sys::attach_device_program(dir.as_fd(), prog.as_fd()).map_err(|source| {
+        sys::attach_device_program(dir.as_fd(), self.program.as_fd()).map_err(|source| {
             GuardError::Attach {
                 path: cgroup.into(),
                 source,
@@ -293,17 +293,8 @@ impl Guard {
         Ok(true)
     }
 
-    /// Whether this program is attached directly to the cgroup directory `cgroup`.
-    pub fn is_attached(&self, cgroup: &Path) -> Result<bool, GuardError> {
-        let dir = File::open(cgroup).map_err(|source| GuardError::Cgroup {
-            path: cgroup.into(),
-            source,
-        })?;
-        self.attached_to_fd(&dir, cgroup)
-    }
-
     fn attached_to_fd(&self, dir: &File, path: &Path) -> Result<bool, GuardError> {
-        let id = self.program_id()?;
+        let id = self.program_id;
         let ids =
             sys::attached_device_programs(dir.as_fd()).map_err(|source| GuardError::Attach {
                 path: path.into(),

@@ -1,15 +1,23 @@
-//! The two `bpf(2)` commands aya does not offer in the form we need.
+//! The `bpf(2)` commands aya does not offer in the form we need.
+//!
+//! Opening the pinned program through aya (`CgroupDevice::from_pin`) runs aya's kernel
+//! feature probes (a dozen BTF and program loads, about a millisecond) on every container
+//! start; the hook only needs the program's fd and id, so it gets them directly.
 //!
 //! aya attaches cgroup device programs through bpf_link, which dies with the attaching process
 //! unless pinned (aya cannot pin that link), and runc/crun cannot detach link-attached
 //! programs. A plain `BPF_PROG_ATTACH` with `BPF_F_ALLOW_MULTI` keeps the program attached for
 //! the cgroup's lifetime and composes with the runtime's own filter (verdicts are AND-ed).
 use std::{
+    ffi::CString,
     io,
-    os::fd::{AsRawFd, BorrowedFd},
+    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    path::Path,
 };
 
 const BPF_PROG_ATTACH: libc::c_long = 8;
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_PROG_QUERY: libc::c_long = 16;
 const BPF_CGROUP_DEVICE: u32 = 6;
 const BPF_F_ALLOW_MULTI: u32 = 1 << 1;
@@ -36,6 +44,73 @@ struct QueryAttr {
     prog_ids: u64,
     prog_cnt: u32,
     pad: u32,
+}
+
+/// The `BPF_OBJ_GET` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct ObjGetAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+}
+
+/// The `BPF_OBJ_GET_INFO_BY_FD` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct InfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// The start of `struct bpf_prog_info` (the kernel fills at most `info_len` bytes).
+#[repr(C)]
+#[derive(Default)]
+struct ProgInfoHead {
+    prog_type: u32,
+    id: u32,
+}
+
+fn bpf_fd<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<OwnedFd> {
+    // SAFETY: as in `bpf`; these commands return a new file descriptor on success.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut T as *mut libc::c_void,
+            std::mem::size_of::<T>() as libc::c_uint,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(rc as i32) })
+}
+
+/// Opens the BPF object pinned at `path`.
+pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut attr = ObjGetAttr {
+        pathname: path.as_ptr() as u64,
+        ..Default::default()
+    };
+    bpf_fd(BPF_OBJ_GET, &mut attr)
+}
+
+/// The kernel's id of the program behind `prog`.
+pub fn prog_id(prog: BorrowedFd<'_>) -> io::Result<u32> {
+    let mut info = ProgInfoHead::default();
+    let mut attr = InfoAttr {
+        bpf_fd: prog.as_raw_fd() as u32,
+        info_len: std::mem::size_of::<ProgInfoHead>() as u32,
+        info: &mut info as *mut ProgInfoHead as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(info.id)
 }
 
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<()> {
