@@ -408,7 +408,7 @@ fn scale(place: Place<'_>, host: &FakeHost) {
 
     // Hook time as the number of registered containers grows: fill the maps with containers
     // that look like live ones (ids no real cgroup has), then start a few real ones.
-    println!("  hook time with N containers registered (10 sequential starts each):");
+    println!("  hook time with N containers registered (25 sequential starts each):");
     let mut guard = Guard::ensure(&host.config.bpf_dir).expect("guard");
     let grants: Vec<Grant> = (0..5)
         .map(|minor| Grant {
@@ -431,7 +431,7 @@ fn scale(place: Place<'_>, host: &FakeHost) {
         let (_, ids) = start_many(&shim, &npu, 1);
         delete_all(&ids);
         let mut more = Vec::new();
-        for _ in 0..9 {
+        for _ in 0..24 {
             let (_, ids) = start_many(&shim, &npu, 1);
             more.extend(ids);
         }
