@@ -132,10 +132,9 @@ pub fn poststop(config: &Config, state: &State) -> Result<(), Error> {
 /// Podman's precreate stage: the shim's spec edit on a spec read from stdin.
 pub fn precreate(config: &Config, input: &[u8]) -> Result<Vec<u8>, Error> {
     let mut spec = Spec::parse(input, "<stdin>".into())?;
-    if Request::from_env(&spec.env()?)?.is_none() {
+    let Some(request) = Request::from_env(&spec.env()?)? else {
         return Ok(input.to_vec());
-    }
-    let hook = shim::hook_command()?;
-    shim::edit_spec(config, &mut spec, &hook)?;
+    };
+    shim::edit_spec(config, &mut spec, &request, &shim::hook_command()?)?;
     Ok(serde_json::to_vec(&spec.value).expect("a JSON value serializes"))
 }

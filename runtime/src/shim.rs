@@ -62,12 +62,13 @@ pub fn hook_command() -> Result<HookCommand, Error> {
     Ok(HookCommand { path, env })
 }
 
-/// Adds devices, grants, hooks and env to an NPU container's spec. Returns `false`, with the
-/// spec untouched, for a container that asked for no NPU.
-pub fn edit_spec(config: &Config, spec: &mut Spec, hook: &HookCommand) -> Result<bool, Error> {
-    let Some(request) = Request::from_env(&spec.env()?)? else {
-        return Ok(false);
-    };
+/// Adds the devices, grants, hooks and env of `request` to the spec.
+pub fn edit_spec(
+    config: &Config,
+    spec: &mut Spec,
+    request: &Request,
+    hook: &HookCommand,
+) -> Result<(), Error> {
     let host = HostDevices::discover(config)?;
     let indices = match &request.devices {
         Selection::All => None,
@@ -79,7 +80,7 @@ pub fn edit_spec(config: &Config, spec: &mut Spec, hook: &HookCommand) -> Result
         hook,
         env: vec!["ASCEND_DOCKER_RUNTIME=True".into()],
     })?;
-    Ok(true)
+    Ok(())
 }
 
 /// The `create`/`run` step: edit `bundle/config.json` in place (atomically) when the
@@ -92,15 +93,12 @@ pub fn prepare_bundle(config: &Config, bundle: &Path) -> Result<bool, Error> {
         return Ok(false);
     }
     let mut spec = Spec::parse(&bytes, path)?;
-    if Request::from_env(&spec.env()?)?.is_none() {
+    let Some(request) = Request::from_env(&spec.env()?)? else {
         return Ok(false);
-    }
-    let hook = hook_command()?;
-    let edited = edit_spec(config, &mut spec, &hook)?;
-    if edited {
-        spec.write_atomic()?;
-    }
-    Ok(edited)
+    };
+    edit_spec(config, &mut spec, &request, &hook_command()?)?;
+    spec.write_atomic()?;
+    Ok(true)
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

@@ -588,6 +588,37 @@ pub fn busybox_rootfs(dir: &Path) -> PathBuf {
     rootfs
 }
 
+/// Writes a busybox bundle under `dir/name`: `runc spec` with the rootfs, no terminal, a
+/// writable root, CAP_MKNOD (as Docker gives; without it mknod fails before the device cgroup
+/// is asked), `args`, then `edit`. Returns the bundle and the spec bytes written.
+pub fn write_bundle(
+    dir: &Path,
+    name: &str,
+    args: &[&str],
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> (PathBuf, Vec<u8>) {
+    let bundle = dir.join(name);
+    std::fs::create_dir_all(&bundle).unwrap();
+    let rootfs = busybox_rootfs(&bundle);
+    run(Command::new("runc").arg("spec").current_dir(&bundle));
+    let path = bundle.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    spec["root"]["path"] = rootfs.display().to_string().into();
+    spec["root"]["readonly"] = false.into();
+    spec["process"]["terminal"] = false.into();
+    spec["process"]["args"] = serde_json::json!(args);
+    for set in ["bounding", "effective", "permitted"] {
+        if let Some(caps) = spec["process"]["capabilities"][set].as_array_mut() {
+            caps.push("CAP_MKNOD".into());
+        }
+    }
+    edit(&mut spec);
+    let bytes = serde_json::to_vec_pretty(&spec).unwrap();
+    std::fs::write(&path, &bytes).unwrap();
+    (bundle, bytes)
+}
+
 /// A runc container running `sleep` from a busybox bundle, deleted on drop.
 pub struct RuncContainer<'a> {
     pub place: Place<'a>,
@@ -627,26 +658,8 @@ impl<'a> RuncContainer<'a> {
         edit: impl FnOnce(&mut serde_json::Value),
     ) -> Result<Self, String> {
         let id = unique("npu-ctr");
-        let bundle = dir.join(&id);
         let root = dir.join(format!("{id}-state"));
-        std::fs::create_dir_all(&bundle).unwrap();
-        let rootfs = busybox_rootfs(&bundle);
-        run(Command::new("runc").arg("spec").current_dir(&bundle));
-        let path = bundle.join("config.json");
-        let mut spec: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        spec["root"]["path"] = rootfs.display().to_string().into();
-        spec["root"]["readonly"] = false.into();
-        spec["process"]["terminal"] = false.into();
-        spec["process"]["args"] = serde_json::json!(["sleep", "3600"]);
-        // As Docker does: without CAP_MKNOD, mknod fails before the device cgroup is asked.
-        for set in ["bounding", "effective", "permitted"] {
-            if let Some(caps) = spec["process"]["capabilities"][set].as_array_mut() {
-                caps.push("CAP_MKNOD".into());
-            }
-        }
-        edit(&mut spec);
-        std::fs::write(&path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+        let (bundle, _) = write_bundle(dir, &id, &["sleep", "3600"], edit);
         let container = Self {
             place,
             id,

@@ -73,20 +73,9 @@ struct ProgInfoHead {
 }
 
 fn bpf_fd<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<OwnedFd> {
-    // SAFETY: as in `bpf`; these commands return a new file descriptor on success.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut T as *mut libc::c_void,
-            std::mem::size_of::<T>() as libc::c_uint,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel returned a fresh fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(rc as i32) })
+    let fd = bpf_raw(cmd, attr)?;
+    // SAFETY: for fd-returning commands a non-negative result is a fresh fd nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Opens the BPF object pinned at `path`.
@@ -114,9 +103,13 @@ pub fn prog_id(prog: BorrowedFd<'_>) -> io::Result<u32> {
 }
 
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<()> {
+    bpf_raw(cmd, attr).map(drop)
+}
+
+fn bpf_raw<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a live, initialised #[repr(C)] prefix of `union bpf_attr` for `cmd`
     // and the size passed is its exact size; the kernel zero-extends shorter attrs and writes
-    // back only within that size.
+    // back only within that size (and, for GET_INFO, within the buffer it names).
     let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,
@@ -128,7 +121,7 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<()> {
     if rc < 0 {
         Err(io::Error::last_os_error())
     } else {
-        Ok(())
+        Ok(rc)
     }
 }
 

@@ -20,7 +20,7 @@ use npu_runtime::{
     devices::{Access, DevType, Grant},
     guard::Guard,
 };
-use npu_tests::{FakeHost, Place, RuncContainer, V2Namespace, bin, busybox_rootfs, run, unique};
+use npu_tests::{FakeHost, Place, RuncContainer, V2Namespace, bin, run, unique, write_bundle};
 
 const ROUNDS: usize = 30;
 
@@ -103,26 +103,15 @@ fn bundle(
     env: &[&str],
     edit: impl FnOnce(&mut serde_json::Value),
 ) -> (PathBuf, Vec<u8>) {
-    let b = dir.join(unique("bench-bundle"));
-    std::fs::create_dir_all(&b).unwrap();
-    let rootfs = busybox_rootfs(&b);
-    run(Command::new("runc").arg("spec").current_dir(&b));
-    let path = b.join("config.json");
-    let mut spec: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    spec["root"]["path"] = rootfs.display().to_string().into();
-    spec["process"]["terminal"] = false.into();
-    spec["process"]["args"] = serde_json::json!(args);
-    for e in env {
-        spec["process"]["env"]
-            .as_array_mut()
-            .unwrap()
-            .push((*e).into());
-    }
-    edit(&mut spec);
-    let bytes = serde_json::to_vec_pretty(&spec).unwrap();
-    std::fs::write(&path, &bytes).unwrap();
-    (b, bytes)
+    write_bundle(dir, &unique("bench-bundle"), args, |spec| {
+        for e in env {
+            spec["process"]["env"]
+                .as_array_mut()
+                .unwrap()
+                .push((*e).into());
+        }
+        edit(spec);
+    })
 }
 
 /// One foreground `runc run` of a fresh container from `bundle` (its pristine spec restored
