@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use crate::{
     cgroup::CgroupError, config::ConfigError, devices::DeviceError, devices::Grant,
-    isolation::IsolationError, mounts::MountError, request::RequestError, spec::SpecError,
-    state::StateError,
+    guard::GuardError, isolation::IsolationError, mounts::MountError, request::RequestError,
+    spec::SpecError, state::StateError,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +22,8 @@ pub enum Error {
     Cgroup(#[from] CgroupError),
     #[error(transparent)]
     Isolation(#[from] IsolationError),
+    #[error("cgroup v2 device guard: {0}")]
+    Guard(#[from] GuardError),
     #[error("driver mounts: {0}")]
     Mount(#[from] MountError),
     #[error(transparent)]

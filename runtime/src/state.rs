@@ -85,6 +85,34 @@ pub fn read(state_dir: &Path, id: &str) -> Result<Option<Record>, StateError> {
     }
 }
 
+/// Every record in `state_dir`, sorted by id (a missing directory has none). Unreadable or
+/// corrupt files are returned as errors next to the good ones.
+pub fn list(state_dir: &Path) -> Vec<Result<Record, StateError>> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(state_dir) else {
+        return out;
+    };
+    let mut ids: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".json"))
+                .filter(|n| !n.starts_with('.'))
+                .map(String::from)
+        })
+        .collect();
+    ids.sort();
+    for id in ids {
+        match read(state_dir, &id) {
+            Ok(Some(r)) => out.push(Ok(r)),
+            Ok(None) => {}
+            Err(e) => out.push(Err(e)),
+        }
+    }
+    out
+}
+
 /// Removes the record of `id` (absent is fine).
 pub fn remove(state_dir: &Path, id: &str) -> Result<(), StateError> {
     let path = record_path(state_dir, id)?;
@@ -127,8 +155,10 @@ mod tests {
         let text = std::fs::read_to_string(dir.path().join("abc_1.2-x.json")).unwrap();
         assert!(text.contains("\"c 240:1 rwm\""), "{text}");
         assert_eq!(read(dir.path(), "abc_1.2-x").unwrap(), Some(record));
+        assert_eq!(list(dir.path()).len(), 1);
         remove(dir.path(), "abc_1.2-x").unwrap();
         remove(dir.path(), "abc_1.2-x").unwrap();
+        assert!(list(dir.path()).is_empty());
         assert_eq!(read(dir.path(), "abc_1.2-x").unwrap(), None);
         for bad in ["", ".", "..", "a/b", "../x", "a b", "é"] {
             assert!(read(dir.path(), bad).is_err(), "{bad:?}");

@@ -274,6 +274,33 @@ impl Guard {
         Ok(())
     }
 
+    /// Every cgroup id with an entry in this version's maps (registered or leftover grants).
+    pub fn cgroup_ids(&self) -> Result<std::collections::BTreeSet<u64>, GuardError> {
+        let mut ids = std::collections::BTreeSet::new();
+        for key in self.containers.keys() {
+            ids.insert(key.map_err(map_error("read", MAP_CONTAINERS))?.cgroup_id);
+        }
+        for key in self.grants.keys() {
+            ids.insert(key.map_err(map_error("read", MAP_GRANTS))?.cgroup_id);
+        }
+        Ok(ids)
+    }
+
+    /// Removes every entry of `cgroup_id` without knowing its grants (for `gc`).
+    pub fn purge(&mut self, cgroup_id: u64) -> Result<(), GuardError> {
+        let keys: Vec<GrantKey> = self
+            .grants
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.cgroup_id == cgroup_id)
+            .collect();
+        for key in keys {
+            ignore_missing(self.grants.remove(&key)).map_err(map_error("remove", MAP_GRANTS))?;
+        }
+        ignore_missing(self.containers.remove(&ContainerKey { cgroup_id }))
+            .map_err(map_error("remove", MAP_CONTAINERS))
+    }
+
     /// Attaches the program to the cgroup directory `cgroup` unless it already is.
     /// Returns whether it attached now.
     pub fn attach(&self, cgroup: &Path) -> Result<bool, GuardError> {

@@ -1,0 +1,116 @@
+//! `npu-ctk gc`: removes what stopped containers left behind when their `poststop` never ran
+//! (a killed hook, a crashed engine): records whose cgroups are gone, map entries of cgroups
+//! that no longer exist, and pins of older program versions nothing uses any more.
+use std::{
+    collections::BTreeSet,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use serde::Serialize;
+
+use crate::{
+    cgroup::Layout,
+    config::Config,
+    error::Error,
+    guard::{self, Guard},
+    isolation, state,
+};
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    /// Records removed, by container id.
+    pub records: Vec<String>,
+    /// (program version, cgroup id) whose map entries were removed.
+    pub map_entries: Vec<(String, u64)>,
+    /// Program versions whose pins were removed.
+    pub versions: Vec<String>,
+    /// Problems met along the way (each left as it was).
+    pub problems: Vec<String>,
+}
+
+/// Ids of every cgroup under `root` (directory inode numbers on cgroup2 are cgroup ids).
+fn live_cgroup_ids(root: &Path) -> BTreeSet<u64> {
+    let mut ids = BTreeSet::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        if let Ok(meta) = std::fs::metadata(&dir) {
+            ids.insert(meta.ino());
+        }
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            stack.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    ids
+}
+
+fn gone(dir: &Option<PathBuf>) -> bool {
+    dir.as_ref().is_some_and(|d| !d.exists())
+}
+
+pub fn run(config: &Config) -> Result<Report, Error> {
+    let mut report = Report::default();
+    let unified = match Layout::detect()? {
+        Layout::Unified { root } => Some(root.mount_point),
+        Layout::Hybrid { unified, .. } => Some(unified.mount_point),
+        Layout::Legacy { .. } => None,
+    };
+    let live = unified.as_deref().map(live_cgroup_ids);
+    for record in state::list(&config.state_dir) {
+        let record = match record {
+            Ok(r) => r,
+            Err(e) => {
+                report.problems.push(e.to_string());
+                continue;
+            }
+        };
+        let e = &record.enforced;
+        // Judge by cgroup id where there is one: ids are the same in every mount namespace,
+        // while the recorded paths are as the hook saw them (maybe in another namespace).
+        let dead = match (e.cgroup_id, &live) {
+            (Some(id), Some(live)) => !live.contains(&id),
+            _ => gone(&e.unified_dir) || gone(&e.devices_v1_dir),
+        };
+        if dead {
+            if let Err(err) = isolation::release(config, e, &record.grants) {
+                report.problems.push(format!("{}: {err}", record.id));
+            }
+            state::remove(&config.state_dir, &record.id)?;
+            report.records.push(record.id);
+        }
+    }
+
+    let live = live.unwrap_or_default();
+    let current = guard::version();
+    let versions = guard::versions(&config.bpf_dir).map_err(|source| Error::Stdio {
+        what: "list pinned guard versions",
+        source,
+    })?;
+    for version in versions {
+        let mut g = Guard::open(&config.bpf_dir, &version)?;
+        let mut remaining = 0;
+        for id in g.cgroup_ids()? {
+            if live.contains(&id) {
+                remaining += 1;
+                continue;
+            }
+            g.purge(id)?;
+            report.map_entries.push((version.clone(), id));
+        }
+        // Unpinning an unused older version is safe: the kernel keeps a program alive while
+        // any cgroup still has it attached.
+        if remaining == 0 && version != current {
+            let dir = config.bpf_dir.join(&version);
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => report.versions.push(version),
+                Err(e) => report.problems.push(format!("{}: {e}", dir.display())),
+            }
+        }
+    }
+    Ok(report)
+}

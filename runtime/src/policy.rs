@@ -1,0 +1,89 @@
+//! The live device policy as an operator wants to see it: every NPU container with its
+//! cgroup, granted devices and counters, read from the pinned maps of every program version
+//! and joined with the runtime's records (which know container ids).
+use std::{collections::BTreeMap, path::PathBuf};
+
+use serde::Serialize;
+
+use crate::{
+    config::Config,
+    devices::Grant,
+    error::Error,
+    guard::{self, Guard},
+    state,
+};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PolicyEntry {
+    /// Container id from our record; `None` for map entries without one (see `gc`).
+    pub id: Option<String>,
+    /// Guard program version holding the entry; `None` for v1-only containers.
+    pub guard_version: Option<String>,
+    pub cgroup_id: Option<u64>,
+    /// The container's unified cgroup and/or v1 devices cgroup.
+    pub cgroups: Vec<PathBuf>,
+    /// Device paths inside the container (from the record).
+    pub devices: Vec<PathBuf>,
+    pub grants: Vec<Grant>,
+    /// Guarded accesses allowed/denied by the guard (`None` without a BPF layer).
+    pub allowed: Option<u64>,
+    pub denied: Option<u64>,
+}
+
+/// The live policy, sorted by container id (unknown entries last).
+pub fn collect(config: &Config) -> Result<Vec<PolicyEntry>, Error> {
+    let mut entries: Vec<PolicyEntry> = Vec::new();
+    // (version, cgroup id) -> index in `entries`, for joining the maps.
+    let mut by_key: BTreeMap<(String, u64), usize> = BTreeMap::new();
+    for record in state::list(&config.state_dir) {
+        let record = record?;
+        let e = &record.enforced;
+        if let (Some(v), Some(id)) = (&e.guard_version, e.cgroup_id) {
+            by_key.insert((v.clone(), id), entries.len());
+        }
+        entries.push(PolicyEntry {
+            id: Some(record.id.clone()),
+            guard_version: e.guard_version.clone(),
+            cgroup_id: e.cgroup_id,
+            cgroups: e
+                .unified_dir
+                .iter()
+                .chain(&e.devices_v1_dir)
+                .cloned()
+                .collect(),
+            devices: record.devices.clone(),
+            grants: record.grants.clone(),
+            allowed: None,
+            denied: None,
+        });
+    }
+    let versions = guard::versions(&config.bpf_dir).map_err(|source| Error::Stdio {
+        what: "list pinned guard versions",
+        source,
+    })?;
+    for version in versions {
+        let guard = Guard::open(&config.bpf_dir, &version)?;
+        for p in guard.policy()? {
+            match by_key.get(&(version.clone(), p.cgroup_id)) {
+                Some(&i) => {
+                    // The maps are the truth for what is enforced now.
+                    entries[i].grants = p.grants;
+                    entries[i].allowed = Some(p.allowed);
+                    entries[i].denied = Some(p.denied);
+                }
+                None => entries.push(PolicyEntry {
+                    id: None,
+                    guard_version: Some(version.clone()),
+                    cgroup_id: Some(p.cgroup_id),
+                    cgroups: Vec::new(),
+                    devices: Vec::new(),
+                    grants: p.grants,
+                    allowed: Some(p.allowed),
+                    denied: Some(p.denied),
+                }),
+            }
+        }
+    }
+    entries.sort_by(|a, b| (a.id.is_none(), &a.id).cmp(&(b.id.is_none(), &b.id)));
+    Ok(entries)
+}

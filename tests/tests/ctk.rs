@@ -1,0 +1,209 @@
+//! `npu-ctk`: the device list, the live policy (which must agree with bpftool), and gc (which
+//! must remove only what belongs to dead containers).
+use std::{collections::BTreeSet, process::Command};
+
+use npu_runtime::config::PATH_ENV;
+use npu_tests::{
+    FakeHost, Place, RuncContainer, TestCgroup, V2Namespace, bin, guardctl, have_tool,
+    open_verdict, require, require_root, run, unified_mount, unique,
+};
+
+fn can_run() -> bool {
+    require_root()
+        && require("runc", have_tool("runc"))
+        && require("bpftool", have_tool("bpftool"))
+        && require("busybox", have_tool("busybox"))
+        && require("nsenter", have_tool("nsenter"))
+}
+
+fn ctk(host: &FakeHost, args: &[&str]) -> String {
+    run(Command::new(bin("npu-ctk"))
+        .env(PATH_ENV, &host.config_path)
+        .args(args))
+}
+
+fn start<'a>(place: Place<'a>, host: &FakeHost, npus: &str) -> RuncContainer<'a> {
+    RuncContainer::start_with_env(
+        place,
+        host.dir.path(),
+        &bin("npu-container-runtime"),
+        &host.config_path,
+        |spec| {
+            spec["process"]["env"]
+                .as_array_mut()
+                .unwrap()
+                .push(format!("ASCEND_VISIBLE_DEVICES={npus}").into());
+        },
+    )
+    .expect("start")
+}
+
+/// (cgroup id, major, minor) of every grant bpftool shows in the pinned grant maps.
+fn bpftool_grants(host: &FakeHost) -> BTreeSet<(u64, u64, u64)> {
+    let mut out = BTreeSet::new();
+    for version in npu_runtime::guard::versions(&host.config.bpf_dir).unwrap() {
+        let pin = host.config.bpf_dir.join(version).join("npu_grants");
+        let dump = run(Command::new("bpftool")
+            .args(["-j", "map", "dump", "pinned"])
+            .arg(pin));
+        for e in serde_json::from_str::<serde_json::Value>(&dump)
+            .unwrap()
+            .as_array()
+            .unwrap()
+        {
+            let k = &e["formatted"]["key"];
+            out.insert((
+                k["cgroup_id"].as_u64().unwrap(),
+                k["major"].as_u64().unwrap(),
+                k["minor"].as_u64().unwrap(),
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn devices_lists_the_nodes() {
+    if !require_root() {
+        return;
+    }
+    let host = FakeHost::new(3);
+    let text = ctk(&host, &["devices"]);
+    for (role, name, majmin) in [
+        ("npu 0", "davinci0", format!("{}:0", host.chip_major)),
+        ("npu 2", "davinci2", format!("{}:2", host.chip_major)),
+        ("management", "hisi_hdc", format!("{}:2", host.mgmt_major)),
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(role) && l.contains(name) && l.ends_with(&majmin)),
+            "{role} {name} {majmin} missing:\n{text}"
+        );
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&ctk(&host, &["devices", "--json"])).unwrap();
+    assert_eq!(json["devices"].as_array().unwrap().len(), 6, "{json}");
+    assert!(json["missing_management"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn policy_show_agrees_with_bpftool() {
+    if !can_run() {
+        return;
+    }
+    let ns = V2Namespace::new();
+    for (place, mode) in [(Place::V2(&ns), "v2"), (Place::Host, "v1")] {
+        let host = FakeHost::new(4);
+        let a = start(place, &host, "0");
+        let b = start(place, &host, "2,3");
+        // Make some verdicts to count.
+        assert_eq!(open_verdict(&a, "/dev/davinci0"), "ENXIO");
+        assert_eq!(a.node_verdict(host.chip_major, 1), "EPERM");
+
+        let json: serde_json::Value =
+            serde_json::from_str(&ctk(&host, &["policy", "show", "--json"])).unwrap();
+        let entries = json.as_array().unwrap();
+        assert_eq!(entries.len(), 2, "{mode}: {json}");
+        let mut from_ctk = BTreeSet::new();
+        for (c, minors) in [(&a, vec![0]), (&b, vec![2, 3])] {
+            let e = entries
+                .iter()
+                .find(|e| e["id"] == c.id.as_str())
+                .expect("entry");
+            let chips: Vec<String> = minors
+                .iter()
+                .map(|m| format!("c {}:{m} rwm", host.chip_major))
+                .collect();
+            let grants: Vec<&str> = e["grants"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|g| g.as_str().unwrap())
+                .collect();
+            for chip in &chips {
+                assert!(grants.contains(&chip.as_str()), "{mode}: {e}");
+            }
+            assert_eq!(
+                grants.len(),
+                minors.len() + 3,
+                "{mode}: chips + 3 management: {e}"
+            );
+            let id = e["cgroup_id"]
+                .as_u64()
+                .expect("every container has a BPF layer here");
+            for g in &grants {
+                let (_, majmin) = g.split_once(' ').unwrap();
+                let (maj, min) = majmin.split(' ').next().unwrap().split_once(':').unwrap();
+                from_ctk.insert((id, maj.parse().unwrap(), min.parse().unwrap()));
+            }
+        }
+        assert_eq!(
+            from_ctk,
+            bpftool_grants(&host),
+            "{mode}: npu-ctk and bpftool disagree"
+        );
+        let ea = entries.iter().find(|e| e["id"] == a.id.as_str()).unwrap();
+        assert!(
+            ea["allowed"].as_u64().unwrap() >= 1 && ea["denied"].as_u64().unwrap() >= 1,
+            "{mode}: {ea}"
+        );
+
+        let one = ctk(&host, &["policy", "show", &b.id]);
+        assert!(one.contains(&b.id) && !one.contains(&a.id), "{mode}: {one}");
+        let out = Command::new(bin("npu-ctk"))
+            .env(PATH_ENV, &host.config_path)
+            .args(["policy", "show", "no-such-container"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-container"));
+    }
+}
+
+#[test]
+fn gc_removes_only_what_is_dead() {
+    if !can_run() {
+        return;
+    }
+    let ns = V2Namespace::new();
+    let host = FakeHost::new(3);
+    let alive = start(Place::V2(&ns), &host, "1");
+
+    // A container whose poststop never ran: registered, then its cgroup vanished.
+    let dead = TestCgroup::new(&unified_mount(), &unique("npu-dead"));
+    let dead_id = dead.id();
+    guardctl(
+        Place::Host,
+        &host,
+        &["enforce-v2", dead.dir().to_str().unwrap(), "0"],
+    );
+    drop(dead);
+    // And a record left behind by it.
+    std::fs::write(
+        host.config.state_dir.join("ghost.json"),
+        serde_json::json!({"id": "ghost", "bundle": "/nonexistent", "devices": [], "grants": [],
+            "enforced": {"guard_version": null, "cgroup_id": null,
+                         "unified_dir": "/sys/fs/cgroup/unified/npu-ghost-gone", "devices_v1_dir": null}})
+        .to_string(),
+    )
+    .unwrap();
+    assert!(host.granted_cgroups().contains(&dead_id));
+
+    let report: serde_json::Value = serde_json::from_str(&ctk(&host, &["gc", "--json"])).unwrap();
+    assert_eq!(report["records"], serde_json::json!(["ghost"]), "{report}");
+    let purged: Vec<u64> = report["map_entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e[1].as_u64().unwrap())
+        .collect();
+    assert_eq!(purged, [dead_id], "{report}");
+    assert!(!host.granted_cgroups().contains(&dead_id));
+    assert_eq!(host.records(), [format!("{}.json", alive.id)]);
+    // The live container is untouched and still works.
+    assert_eq!(open_verdict(&alive, "/dev/davinci1"), "ENXIO");
+    assert_eq!(host.granted_cgroups().len(), 1);
+    // A second run finds nothing.
+    let again = ctk(&host, &["gc"]);
+    assert!(again.starts_with("removed 0 record(s), 0 map"), "{again}");
+}
