@@ -41,6 +41,14 @@ pub enum Error {
     NoHook(PathBuf),
     #[error("invalid container state on stdin: {0}")]
     BadState(String),
+    #[error(transparent)]
+    Engine(#[from] crate::engines::EngineError),
+    #[error(transparent)]
+    Hooks(#[from] crate::hooksd::HooksError),
+    #[error("no NPU container {0:?} is known (see npu-ctk policy show)")]
+    UnknownContainer(String),
+    #[error("{0} check(s) failed")]
+    ChecksFailed(usize),
     #[error("cannot {what}: {source}")]
     Stdio {
         what: &'static str,

@@ -2,28 +2,48 @@
 use std::{io::Write, path::PathBuf, process::ExitCode};
 
 use clap::{CommandFactory, Parser, Subcommand};
-use npu_runtime::{config::Config, devices::HostDevices, error::Error, gc, policy};
+use npu_runtime::{
+    config::Config,
+    devices::HostDevices,
+    doctor,
+    engines::{self, Engine},
+    error::Error,
+    gc, hooksd, policy, shim,
+};
 
 #[derive(Parser)]
 #[command(
     name = "npu-ctk",
     version,
     about = "Operate npu-container-runtime: list NPUs, show the live device policy, clean up",
-    long_about = "Operate npu-container-runtime.\n\nThe configuration is read from \
+    long_about = "Operate npu-container-runtime.\n\nThe runtime's configuration is read from \
         /etc/npu-container-runtime/config.toml, or the file named by \
-        NPU_CONTAINER_RUNTIME_CONFIG (or --config)."
+        NPU_CONTAINER_RUNTIME_CONFIG."
 )]
 struct Cli {
-    /// Configuration file (default: $NPU_CONTAINER_RUNTIME_CONFIG, then
-    /// /etc/npu-container-runtime/config.toml)
-    #[arg(long, global = true, value_name = "PATH")]
-    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Register npu-container-runtime with a container engine (or remove it)
+    Runtime {
+        #[command(subcommand)]
+        command: RuntimeCommand,
+    },
+    /// Install the OCI hooks.d files for Podman / CRI-O hook-only mode
+    Hook {
+        #[command(subcommand)]
+        command: HookCommand,
+    },
+    /// Check this host: cgroup mode, bpffs, pinned program, devices, mount lists, binaries,
+    /// engines. Exits non-zero if a check fails
+    Doctor {
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
     /// List the NPUs and management devices found under dev_root, with major:minor
     Devices {
         /// Print JSON instead of a table
@@ -43,6 +63,53 @@ enum Command {
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completion { shell: clap_complete::Shell },
+}
+
+#[derive(clap::Args)]
+struct EngineArgs {
+    /// The engine to configure
+    #[arg(long, value_enum)]
+    runtime: Engine,
+    /// The engine's configuration file (CRI-O: its drop-in directory); default: the engine's
+    /// standard location
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Path of npu-container-runtime to register (default: next to npu-ctk)
+    #[arg(long, value_name = "PATH")]
+    runtime_path: Option<PathBuf>,
+    /// Show the change as a diff without writing anything
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Subcommand)]
+enum RuntimeCommand {
+    /// Add the "npu" runtime (backup, atomic write; a second run changes nothing)
+    Configure {
+        #[command(flatten)]
+        engine: EngineArgs,
+        /// Also make "npu" the engine's default runtime
+        #[arg(long)]
+        set_as_default: bool,
+    },
+    /// Remove only what configure added
+    Unconfigure {
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum HookCommand {
+    /// Write precreate, createRuntime and poststop hook files into a hooks.d directory
+    Install {
+        /// The hooks directory (e.g. /usr/share/containers/oci/hooks.d)
+        #[arg(long, value_name = "DIR")]
+        hooks_dir: PathBuf,
+        /// Path of npu-container-hook (default: next to npu-ctk)
+        #[arg(long, value_name = "PATH")]
+        hook_path: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -69,11 +136,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_config(path: Option<PathBuf>) -> Result<Config, Error> {
-    Ok(match path {
-        Some(p) => Config::from_file(&p)?,
-        None => Config::load()?,
-    })
+fn load_config() -> Result<Config, Error> {
+    Ok(Config::load()?)
+}
+
+/// A binary installed next to npu-ctk.
+fn sibling(name: &str) -> Result<PathBuf, Error> {
+    std::env::current_exe()
+        .map(|exe| exe.with_file_name(name))
+        .map_err(|source| Error::Exec {
+            path: "/proc/self/exe".into(),
+            source,
+        })
 }
 
 fn json(value: &impl serde::Serialize) -> String {
@@ -87,6 +161,107 @@ fn run(cli: Cli) -> Result<(), Error> {
         let _ = writeln!(out, "{text}");
     };
     match cli.command {
+        Command::Runtime { command } => {
+            let (args, set_as_default, add) = match command {
+                RuntimeCommand::Configure {
+                    engine,
+                    set_as_default,
+                } => (engine, set_as_default, true),
+                RuntimeCommand::Unconfigure { engine } => (engine, false, false),
+            };
+            let config = args
+                .config
+                .unwrap_or_else(|| args.runtime.default_config().into());
+            let runtime_path = match args.runtime_path {
+                Some(p) => p,
+                None => sibling("npu-container-runtime")?,
+            };
+            let outcome = engines::apply(
+                &engines::Request {
+                    engine: args.runtime,
+                    config: &config,
+                    runtime_path: &runtime_path,
+                    set_as_default,
+                    dry_run: args.dry_run,
+                },
+                add,
+            )?;
+            let path = outcome.path.display();
+            if !outcome.changed {
+                print(format!(
+                    "{path}: already {}; no change",
+                    if add {
+                        "configured"
+                    } else {
+                        "without the npu runtime"
+                    }
+                ));
+            } else if args.dry_run {
+                print(format!(
+                    "{path}: would change (dry run, nothing written):\n{}",
+                    outcome.diff
+                ));
+            } else {
+                print(format!("{path}: updated"));
+                if let Some(b) = outcome.backup {
+                    print(format!("previous version kept in {}", b.display()));
+                }
+                print("restart the engine (or reload its configuration) to apply".into());
+            }
+        }
+        Command::Hook {
+            command:
+                HookCommand::Install {
+                    hooks_dir,
+                    hook_path,
+                },
+        } => {
+            let hook = match hook_path {
+                Some(p) => p,
+                None => sibling(shim::HOOK_BINARY)?,
+            };
+            let mut env = vec![
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+            ];
+            if let Some(cfg) = std::env::var_os(npu_runtime::config::PATH_ENV) {
+                env.push(format!(
+                    "{}={}",
+                    npu_runtime::config::PATH_ENV,
+                    cfg.to_string_lossy()
+                ));
+            }
+            for path in hooksd::install(&hooks_dir, &hook, &env)? {
+                print(format!("wrote {}", path.display()));
+            }
+        }
+        Command::Doctor { json: as_json } => {
+            let config = load_config()?;
+            let checks = doctor::run(&config, &sibling("npu-container-runtime")?);
+            if as_json {
+                print(json(&checks));
+            } else {
+                for c in &checks {
+                    let tag = match c.verdict {
+                        doctor::Verdict::Ok => "[ ok ]",
+                        doctor::Verdict::Warn => "[warn]",
+                        doctor::Verdict::Fail => "[FAIL]",
+                    };
+                    let fix = if c.fix.is_empty() {
+                        String::new()
+                    } else {
+                        format!("\n       fix: {}", c.fix)
+                    };
+                    print(format!("{tag} {}: {}{fix}", c.name, c.detail));
+                }
+            }
+            let failed = checks
+                .iter()
+                .filter(|c| c.verdict == doctor::Verdict::Fail)
+                .count();
+            if failed > 0 {
+                return Err(Error::ChecksFailed(failed));
+            }
+        }
         Command::Completion { shell } => {
             clap_complete::generate(
                 shell,
@@ -96,7 +271,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             );
         }
         Command::Devices { json: as_json } => {
-            let config = load_config(cli.config)?;
+            let config = load_config()?;
             let host = HostDevices::discover(&config)?;
             let mut rows: Vec<(String, &npu_runtime::devices::DeviceNode)> = Vec::new();
             rows.extend(host.chips.iter().map(|(i, n)| (format!("npu {i}"), n)));
@@ -158,12 +333,12 @@ fn run(cli: Cli) -> Result<(), Error> {
                     json: as_json,
                 },
         } => {
-            let config = load_config(cli.config)?;
+            let config = load_config()?;
             let mut entries = policy::collect(&config)?;
             if let Some(id) = &container {
                 entries.retain(|e| e.id.as_deref() == Some(id));
                 if entries.is_empty() {
-                    return Err(Error::BadState(format!("no NPU container {id:?} is known")));
+                    return Err(Error::UnknownContainer(id.clone()));
                 }
             }
             if as_json {
@@ -191,7 +366,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             }
         }
         Command::Gc { json: as_json } => {
-            let config = load_config(cli.config)?;
+            let config = load_config()?;
             let report = gc::run(&config)?;
             if as_json {
                 print(json(&report));
