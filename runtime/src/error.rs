@@ -28,7 +28,9 @@ pub enum Error {
     Mount(#[from] MountError),
     #[error(transparent)]
     State(#[from] StateError),
-    #[error("no low-level runtime found: none of {tried:?} is an executable in PATH")]
+    #[error(
+        "no low-level runtime found: none of {tried:?} is an executable in PATH or the system directories"
+    )]
     NoRuntime { tried: Vec<String> },
     #[error("cannot run {path}: {source}")]
     Exec {

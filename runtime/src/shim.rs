@@ -17,15 +17,30 @@ pub const HOOK_BINARY: &str = "npu-container-hook";
 /// The environment runtimes run our hook with (hooks do not inherit the runtime's).
 const HOOK_PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// The first executable of `config.runtimes` (a name looked up in PATH, or a path).
+/// Where runtimes live when the caller's PATH does not say: engines do not promise one
+/// (Podman's cleanup calls the runtime with an empty PATH).
+const SYSTEM_PATH: [&str; 6] = [
+    "/usr/local/sbin",
+    "/usr/local/bin",
+    "/usr/sbin",
+    "/usr/bin",
+    "/sbin",
+    "/bin",
+];
+
+/// The first executable of `config.runtimes` (a path, or a name looked up in PATH and then
+/// in the standard system directories).
 pub fn find_runtime(config: &Config) -> Result<PathBuf, Error> {
     let ours = std::env::current_exe().ok();
     let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs: Vec<PathBuf> = std::env::split_paths(&path)
+        .chain(SYSTEM_PATH.iter().map(PathBuf::from))
+        .collect();
     for name in &config.runtimes {
         let candidates: Vec<PathBuf> = if name.contains('/') {
             vec![PathBuf::from(name)]
         } else {
-            std::env::split_paths(&path).map(|d| d.join(name)).collect()
+            dirs.iter().map(|d| d.join(name)).collect()
         };
         for candidate in candidates {
             // Never exec ourselves (a runtime named like the shim would loop).

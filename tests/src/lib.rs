@@ -14,7 +14,7 @@ use std::{
 
 use npu_runtime::{cgroup::Layout, config::Config, devices::registered_majors};
 
-pub mod docker;
+pub mod engines;
 
 /// Path of a binary of this workspace: this package's helpers (`devprobe`, `guardctl`) or the
 /// runtime's (`npu-container-runtime`, `npu-container-hook`, built for the runtime's own CLI

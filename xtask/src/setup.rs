@@ -12,6 +12,9 @@ const PACKAGES: &[&str] = &[
     "runc",           // the low-level runtime
     "busybox-static", // container root filesystems
     "util-linux",     // unshare, nsenter (pure cgroup v2 namespace)
+    "docker.io",      // the Docker suites (dockerd 20.10, containerd)
+    "containerd",     // the containerd suite (ctr)
+    "podman",         // the Podman suites (runtime and hooks.d modes)
 ];
 
 /// bpf-linker release known to build against the nightly's LLVM 22.

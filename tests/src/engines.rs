@@ -1,4 +1,4 @@
-//! A private Docker daemon for the suites: its own data-root, exec-root, socket and
+//! Engines for the suites. A private Docker daemon: its own data-root, exec-root, socket and
 //! daemon.json (configured with `npu-ctk runtime configure --runtime=docker`), started on the
 //! host or inside a [`crate::V2Namespace`], stopped by pid.
 use std::{
@@ -11,8 +11,7 @@ use crate::{FakeHost, Place, bin, busybox_rootfs, run, unique};
 
 pub struct Dockerd {
     child: Child,
-    /// `docker` parent cgroups dockerd will create that did not exist before it started.
-    new_cgroups: Vec<PathBuf>,
+    parents: ParentCgroups,
     pub socket: PathBuf,
     dir: PathBuf,
     /// The image every test container runs: busybox, imported from a local rootfs.
@@ -47,10 +46,7 @@ impl Dockerd {
             .arg(&daemon_json)
             .arg("--runtime-path")
             .arg(&wrapper));
-        let new_cgroups = docker_cgroups()
-            .into_iter()
-            .filter(|p| !p.exists())
-            .collect();
+        let parents = ParentCgroups::snapshot("docker");
         let socket = dir.join("docker.sock");
         let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
         let child = place
@@ -73,7 +69,7 @@ impl Dockerd {
             .expect("start dockerd");
         let mut d = Self {
             child,
-            new_cgroups,
+            parents,
             socket,
             dir,
             image: "npu-busybox".into(),
@@ -160,10 +156,7 @@ impl Drop for Dockerd {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        // dockerd leaves its (empty) parent cgroups behind; remove those it created.
-        for cg in &self.new_cgroups {
-            let _ = std::fs::remove_dir(cg);
-        }
+        self.parents.remove();
         // The daemon leaves its data-root mounts (overlay, netns) behind on the host.
         let _ = Command::new("sh")
             .arg("-c")
@@ -175,13 +168,35 @@ impl Drop for Dockerd {
     }
 }
 
-/// The `docker` parent cgroup in every cgroup hierarchy mounted under /sys/fs/cgroup.
-fn docker_cgroups() -> Vec<PathBuf> {
-    let mut out = vec![PathBuf::from("/sys/fs/cgroup/docker")];
-    if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
-        out.extend(entries.flatten().map(|e| e.path().join("docker")));
+/// The parent cgroups an engine creates (`docker`, `libpod_parent`) and leaves behind, empty,
+/// in every hierarchy: those that did not exist before the engine ran are removed on request.
+struct ParentCgroups(Vec<PathBuf>);
+
+impl ParentCgroups {
+    fn snapshot(name: &str) -> Self {
+        let mut all = vec![PathBuf::from("/sys/fs/cgroup").join(name)];
+        if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+            all.extend(entries.flatten().map(|e| e.path().join(name)));
+        }
+        Self(all.into_iter().filter(|p| !p.exists()).collect())
     }
-    out
+
+    fn remove(&self) {
+        fn remove_tree(dir: &Path) {
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for e in entries.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        remove_tree(&e.path());
+                    }
+                }
+            }
+            // Fails harmlessly if a process still lives there.
+            let _ = std::fs::remove_dir(dir);
+        }
+        for cg in &self.0 {
+            remove_tree(cg);
+        }
+    }
 }
 
 /// The verdict script: for each NPU index, mknod a node and open it; prints `INDEX VERDICT`.
@@ -205,4 +220,121 @@ pub fn parse_matrix(text: &str, chips: u32) -> Vec<String> {
             crate::errno_of(false, line)
         })
         .collect()
+}
+
+/// Podman with private storage (`--root`/`--runroot`, vfs), cgroupfs, file events and no
+/// network, at a place; its image is busybox imported from a local rootfs.
+pub struct Podman<'a> {
+    place: Place<'a>,
+    parents: ParentCgroups,
+    dir: PathBuf,
+    conf: PathBuf,
+    pub image: String,
+    v2: bool,
+}
+
+impl<'a> Podman<'a> {
+    /// Sets podman up for `host`; its containers.conf registers the "npu" runtime through
+    /// `npu-ctk runtime configure --runtime=podman`.
+    pub fn new(place: Place<'a>, host: &FakeHost) -> Self {
+        let dir = host.dir.path().join(unique("podman"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let wrapper = runtime_wrapper(&dir, host);
+        let conf = dir.join("containers.conf");
+        std::fs::write(
+            &conf,
+            "[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
+        )
+        .unwrap();
+        run(Command::new(bin("npu-ctk"))
+            .args(["runtime", "configure", "--runtime=podman", "--config"])
+            .arg(&conf)
+            .arg("--runtime-path")
+            .arg(&wrapper));
+        let p = Self {
+            place,
+            parents: ParentCgroups::snapshot("libpod_parent"),
+            dir,
+            conf,
+            image: "localhost/npu-busybox".into(),
+            v2: matches!(place, Place::V2(_)),
+        };
+        let rootfs = busybox_rootfs(&p.dir.join("image"));
+        let tarball = p.dir.join("image.tar");
+        run(Command::new("tar")
+            .arg("-C")
+            .arg(&rootfs)
+            .arg("-cf")
+            .arg(&tarball)
+            .arg("."));
+        run(p.podman().arg("import").arg(&tarball).arg(&p.image));
+        p
+    }
+
+    pub fn podman(&self) -> Command {
+        let mut cmd = self.place.command("podman");
+        cmd.env("CONTAINERS_CONF", &self.conf)
+            .arg("--root")
+            .arg(self.dir.join("root"))
+            .arg("--runroot")
+            .arg(self.dir.join("runroot"))
+            .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs"]);
+        cmd
+    }
+
+    /// `podman [global] run --rm <args>` with this VM's limits; returns success and output.
+    pub fn run(&self, global: &[&str], args: &[&str]) -> (bool, String) {
+        let mut cmd = self.podman();
+        cmd.args(global).args(["run", "--rm", "--network", "none"]);
+        // This VM's limits (DESIGN.md section 6); its cgroup2 tree has no pids controller.
+        cmd.args([
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=4096:4096",
+        ]);
+        if self.v2 {
+            cmd.args(["--pids-limit", "0"]);
+        }
+        let out = cmd
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("podman");
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Podman<'_> {
+    fn drop(&mut self) {
+        self.parents.remove();
+    }
+}
+
+/// A script that runs npu-container-runtime with `host`'s configuration: engines start
+/// runtimes with their own environment.
+pub fn runtime_wrapper(dir: &Path, host: &FakeHost) -> PathBuf {
+    let wrapper = dir.join("npu-runtime-wrapper");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexport {}={}\nexec {} \"$@\"\n",
+            npu_runtime::config::PATH_ENV,
+            host.config_path.display(),
+            bin("npu-container-runtime").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    wrapper
 }
