@@ -145,17 +145,7 @@ impl Drop for Dockerd {
                 let _ = self.docker().args(["rm", "-f", id]).output();
             }
         }
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.child.try_wait().ok().flatten().is_none() {
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        stop(&mut self.child);
         self.parents.remove();
         // The daemon leaves its data-root mounts (overlay, netns) behind on the host.
         let _ = Command::new("sh")
@@ -165,6 +155,21 @@ impl Drop for Dockerd {
                 self.dir.display()
             ))
             .status();
+    }
+}
+
+/// Stops a daemon we started: SIGTERM, then SIGKILL after 20 s.
+fn stop(child: &mut Child) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().ok().flatten().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -337,4 +342,164 @@ pub fn runtime_wrapper(dir: &Path, host: &FakeHost) -> PathBuf {
     )
     .unwrap();
     wrapper
+}
+
+/// A private containerd (own root, state and socket; CRI plugin off), driven with `ctr`.
+pub struct Containerd<'a> {
+    place: Place<'a>,
+    parents: ParentCgroups,
+    child: Child,
+    pub socket: PathBuf,
+    dir: PathBuf,
+    /// Our runtime, as `ctr run --runc-binary` takes it.
+    pub runtime: PathBuf,
+    /// A busybox root filesystem for `ctr run --rootfs`.
+    pub rootfs: PathBuf,
+}
+
+impl<'a> Containerd<'a> {
+    pub fn start(place: Place<'a>, host: &FakeHost) -> Self {
+        let dir = host.dir.path().join(unique("containerd"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let runtime = runtime_wrapper(&dir, host);
+        let config = dir.join("config.toml");
+        std::fs::write(
+            &config,
+            "version = 2\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
+        )
+        .unwrap();
+        let socket = dir.join("containerd.sock");
+        let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
+        let child = place
+            .command("containerd")
+            .arg("--config")
+            .arg(&config)
+            .arg("--root")
+            .arg(dir.join("root"))
+            .arg("--state")
+            .arg(dir.join("state"))
+            .arg("--address")
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start containerd");
+        let mut c = Self {
+            place,
+            // containerd puts the containers of its "default" namespace under this parent.
+            parents: ParentCgroups::snapshot("default"),
+            child,
+            socket,
+            rootfs: busybox_rootfs(&dir.join("image")),
+            dir,
+            runtime,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !c
+            .ctr()
+            .arg("version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            if Instant::now() > deadline || c.child.try_wait().ok().flatten().is_some() {
+                let log = std::fs::read_to_string(c.dir.join("containerd.log")).unwrap_or_default();
+                panic!("containerd did not come up:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        c
+    }
+
+    /// A `ctr` command for this containerd (run where it runs, so paths agree).
+    pub fn ctr(&self) -> Command {
+        let mut cmd = self.place.command("ctr");
+        cmd.arg("--address").arg(&self.socket);
+        cmd
+    }
+
+    /// Starts a detached sleeping container with `env` through our runtime.
+    pub fn run_detached(&self, id: &str, env: &[&str]) -> (bool, String) {
+        let mut cmd = self.ctr();
+        cmd.args(["run", "-d", "--rootfs", "--runc-binary"])
+            .arg(&self.runtime);
+        for e in env {
+            cmd.args(["--env", e]);
+        }
+        // As Docker grants by default; without it mknod fails before the cgroup is asked.
+        cmd.args(["--cap-add", "CAP_MKNOD"]);
+        cmd.arg(&self.rootfs).arg(id).args(["/bin/sleep", "600"]);
+        let out = cmd.stdin(Stdio::null()).output().expect("ctr run");
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    }
+
+    /// Runs a shell script in a running container; returns its output.
+    pub fn exec(&self, id: &str, script: &str) -> String {
+        let out = self
+            .ctr()
+            .args([
+                "task",
+                "exec",
+                "--exec-id",
+                &unique("x"),
+                id,
+                "/bin/sh",
+                "-c",
+                script,
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .expect("ctr task exec");
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        text
+    }
+
+    /// Kills and deletes a container (its poststop hook runs).
+    pub fn remove(&self, id: &str) {
+        let quiet = |mut c: Command| {
+            let _ = c
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        };
+        let mut kill = self.ctr();
+        kill.args(["task", "kill", "-s", "SIGKILL", id]);
+        quiet(kill);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut del = self.ctr();
+            del.args(["task", "delete", id]);
+            let ok = del
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut c = self.ctr();
+        c.args(["container", "delete", id]);
+        quiet(c);
+    }
+}
+
+impl Drop for Containerd<'_> {
+    fn drop(&mut self) {
+        if let Ok(out) = self.ctr().args(["container", "list", "-q"]).output() {
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                self.remove(id);
+            }
+        }
+        stop(&mut self.child);
+        self.parents.remove();
+    }
 }
