@@ -207,3 +207,135 @@ fn gc_removes_only_what_is_dead() {
     let again = ctk(&host, &["gc"]);
     assert!(again.starts_with("removed 0 record(s), 0 map"), "{again}");
 }
+
+fn ctk_out(host: &FakeHost, args: &[&str]) -> (bool, String) {
+    let out = Command::new(bin("npu-ctk"))
+        .env(PATH_ENV, &host.config_path)
+        .args(args)
+        .output()
+        .unwrap();
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+#[test]
+fn runtime_configure_cli() {
+    let host = FakeHost::new(1);
+    let daemon = host.dir.path().join("daemon.json");
+    let daemon_arg = daemon.to_str().unwrap();
+    std::fs::write(&daemon, "{\n  \"debug\": true\n}\n").unwrap();
+    let base = [
+        "runtime",
+        "configure",
+        "--runtime=docker",
+        "--config",
+        daemon_arg,
+        "--runtime-path",
+        "/opt/npu/npu-container-runtime",
+    ];
+
+    let mut dry = base.to_vec();
+    dry.push("--dry-run");
+    let (ok, out) = ctk_out(&host, &dry);
+    assert!(
+        ok && out.contains("+    \"npu\"") && out.contains("dry run"),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&daemon).unwrap(),
+        "{\n  \"debug\": true\n}\n"
+    );
+
+    let (ok, out) = ctk_out(&host, &base);
+    assert!(
+        ok && out.contains("updated") && out.contains("daemon.json.npu-ctk.bak"),
+        "{out}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&daemon).unwrap()).unwrap();
+    assert_eq!(
+        v["runtimes"]["npu"]["path"],
+        "/opt/npu/npu-container-runtime"
+    );
+    assert_eq!(v["debug"], true);
+    let (ok, out) = ctk_out(&host, &base);
+    assert!(ok && out.contains("no change"), "{out}");
+
+    let (ok, out) = ctk_out(
+        &host,
+        &[
+            "runtime",
+            "unconfigure",
+            "--runtime=docker",
+            "--config",
+            daemon_arg,
+        ],
+    );
+    assert!(ok && out.contains("updated"), "{out}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&daemon).unwrap()).unwrap();
+    assert_eq!(v, serde_json::json!({"debug": true}));
+
+    // A malformed file: a clear error naming it, and the file untouched.
+    std::fs::write(&daemon, "{ not json").unwrap();
+    let (ok, out) = ctk_out(&host, &base);
+    assert!(
+        !ok && out.contains("daemon.json") && out.contains("not valid JSON"),
+        "{out}"
+    );
+    assert_eq!(std::fs::read_to_string(&daemon).unwrap(), "{ not json");
+}
+
+#[test]
+fn hook_install_and_doctor() {
+    if !require_root() {
+        return;
+    }
+    let host = FakeHost::new(2);
+    let hooks = host.dir.path().join("hooks.d");
+    let (ok, out) = ctk_out(
+        &host,
+        &["hook", "install", "--hooks-dir", hooks.to_str().unwrap()],
+    );
+    assert!(ok, "{out}");
+    let mut stages = Vec::new();
+    for entry in std::fs::read_dir(&hooks).unwrap() {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap()).unwrap();
+        assert_eq!(v["when"]["always"], true);
+        // The hook runs with our configuration.
+        assert!(
+            v["hook"]["env"]
+                .to_string()
+                .contains(host.config_path.to_str().unwrap()),
+            "{v}"
+        );
+        stages.push(v["stages"][0].as_str().unwrap().to_string());
+    }
+    stages.sort();
+    assert_eq!(stages, ["createRuntime", "poststop", "precreate"]);
+
+    // The fake host has every device: only warnings (program not loaded yet, engines not
+    // configured), so doctor passes; each line carries a verdict.
+    let (ok, out) = ctk_out(&host, &["doctor"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("[ ok ] NPUs: 2 found (0-1)"), "{out}");
+    assert!(
+        out.contains("[ ok ] management devices: 3 present"),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .all(|l| l.starts_with('[') || l.trim_start().starts_with("fix:")),
+        "{out}"
+    );
+    // Without its management devices, the host fails the check, with the fix.
+    std::fs::remove_file(host.node("hisi_hdc")).unwrap();
+    let (ok, out) = ctk_out(&host, &["doctor"]);
+    assert!(
+        !ok && out.contains("[FAIL] management devices: missing:") && out.contains("hisi_hdc"),
+        "{out}"
+    );
+    assert!(out.contains("fix: install the Ascend driver"), "{out}");
+}

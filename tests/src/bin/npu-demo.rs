@@ -4,12 +4,12 @@
 //! the live policy from the pinned maps, and what bpftool sees. Cleans up after itself.
 use std::process::Command;
 
-use npu_runtime::{
-    cgroup::Layout,
-    guard::{self, Guard},
-    state,
+use npu_runtime::{cgroup::Layout, config::PATH_ENV, state};
+use npu_tests::{
+    FakeHost, Place, RuncContainer, V2Namespace, bin,
+    engines::{Dockerd, matrix_script, parse_matrix},
+    have_tool, open_verdict, run,
 };
-use npu_tests::{FakeHost, Place, RuncContainer, V2Namespace, bin, open_verdict, run};
 
 fn main() {
     if !nix::unistd::geteuid().is_root() {
@@ -40,6 +40,13 @@ fn main() {
         &host,
         "pure cgroup v2 (private mount namespace, cgroup2 at /sys/fs/cgroup)",
     );
+    if have_tool("dockerd") && have_tool("docker") {
+        docker(&host);
+    } else {
+        println!(
+            "---- Docker: dockerd is not installed here, skipped (cargo xtask setup installs it) ----\n"
+        );
+    }
     println!(
         "\nall containers deleted; records left: {}",
         host.records().len()
@@ -83,33 +90,7 @@ fn demo(place: Place<'_>, host: &FakeHost, title: &str) {
         println!("  /dev/null:    {}", open_verdict(c, "/dev/null"));
     }
 
-    println!("live policy (pinned maps, resolved through the runtime's records):");
-    let guard_version = guard::version();
-    match Guard::open(&host.config.bpf_dir, &guard_version) {
-        Ok(g) => {
-            for p in g.policy().expect("policy") {
-                let id = containers
-                    .iter()
-                    .map(|(_, c)| c)
-                    .find(|c| {
-                        state::read(&host.config.state_dir, &c.id)
-                            .ok()
-                            .flatten()
-                            .is_some_and(|r| r.enforced.cgroup_id == Some(p.cgroup_id))
-                    })
-                    .map_or("?".to_string(), |c| c.id.clone());
-                let grants: Vec<String> = p.grants.iter().map(ToString::to_string).collect();
-                println!(
-                    "  {id} cgroup {} allowed={} denied={} grants: {}",
-                    p.cgroup_id,
-                    p.allowed,
-                    p.denied,
-                    grants.join(", ")
-                );
-            }
-        }
-        Err(_) => println!("  (no BPF layer here: no container has its own unified cgroup)"),
-    }
+    print_policy(host);
     for (_, c) in &containers {
         let record = state::read(&host.config.state_dir, &c.id).ok().flatten();
         if let Some(dir) = record.and_then(|r| r.enforced.unified_dir) {
@@ -136,5 +117,80 @@ fn demo(place: Place<'_>, host: &FakeHost, title: &str) {
         }
     }
     drop(containers);
+    println!();
+}
+
+/// What an operator sees: `npu-ctk policy show`.
+fn print_policy(host: &FakeHost) {
+    println!("npu-ctk policy show (pinned BPF maps joined with the runtime's records):");
+    let out = run(Command::new(bin("npu-ctk"))
+        .env(PATH_ENV, &host.config_path)
+        .args(["policy", "show"]));
+    for line in out.lines() {
+        println!("  {line}");
+    }
+}
+
+/// Docker on this host, configured with `npu-ctk runtime configure --runtime=docker`.
+fn docker(host: &FakeHost) {
+    println!("---- Docker (dockerd on this host, runtime \"npu\" registered by npu-ctk) ----");
+    let d = Dockerd::start(Place::Host, host);
+    let script = matrix_script(host.chip_major, host.chips);
+    for npus in ["3", "0,2"] {
+        let (_, out) = d.output(&[
+            "run",
+            "--rm",
+            "--runtime=npu",
+            "-e",
+            &format!("ASCEND_VISIBLE_DEVICES={npus}"),
+            &d.image,
+            "sh",
+            "-c",
+            &script,
+        ]);
+        let verdicts: Vec<String> = parse_matrix(&out, host.chips)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                format!(
+                    "davinci{i} {}",
+                    if v == "ENXIO" { "allowed" } else { "DENIED" }
+                )
+            })
+            .collect();
+        println!(
+            "docker run --runtime=npu -e ASCEND_VISIBLE_DEVICES={npus}: {}",
+            verdicts.join(", ")
+        );
+    }
+    let (_, out) = d.output(&[
+        "run",
+        "--rm",
+        "--runtime=npu",
+        "-e",
+        "ASCEND_VISIBLE_DEVICES=5",
+        &d.image,
+        "true",
+    ]);
+    println!(
+        "docker run --runtime=npu -e ASCEND_VISIBLE_DEVICES=5 fails with:\n  {}",
+        out.trim()
+    );
+    let (_, id) = d.output(&[
+        "run",
+        "-d",
+        "--runtime=npu",
+        "-e",
+        "ASCEND_VISIBLE_DEVICES=1",
+        &d.image,
+        "sleep",
+        "600",
+    ]);
+    println!(
+        "running container {}:",
+        &id.trim()[..12.min(id.trim().len())]
+    );
+    print_policy(host);
+    drop(d);
     println!();
 }
