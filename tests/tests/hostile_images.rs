@@ -38,7 +38,7 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
 }
 
 /// Rewrites a rootfs before its container starts.
-type Plant = Box<dyn FnOnce(&Path)>;
+type Plant<'a> = Box<dyn FnOnce(&Path) + 'a>;
 
 /// Host paths a redirected mount target would create.
 const HOST_PATHS: [&str; 4] = [
@@ -85,7 +85,7 @@ fn symlinks_in_the_image_never_reach_the_host() {
     }
     let mkdirs = |root: &Path, rel: &str| std::fs::create_dir_all(root.join(rel)).unwrap();
     let canary_s = canary.display().to_string();
-    let variants: Vec<(&str, Plant)> = vec![
+    let variants: Vec<(&str, Plant<'_>)> = vec![
         (
             "usr/local -> /",
             Box::new(|r: &Path| {
