@@ -179,7 +179,14 @@ pub fn prepare(
                 "it is a symlink (set ASCEND_ALLOW_LINK=True to allow root-owned links)".into(),
             ));
         }
-        check_owner(&meta, &host).map_err(|r| refused(format!("symlink {r}")))?;
+        // A link's own mode is always 0777: only its owner matters; the target is judged on
+        // the opened tree below.
+        if meta.uid() != 0 {
+            return Err(refused(format!(
+                "the symlink is owned by uid {}, not root",
+                meta.uid()
+            )));
+        }
     } else {
         flags |= OpenTreeFlags::AT_SYMLINK_NOFOLLOW;
     }

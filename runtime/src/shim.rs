@@ -90,6 +90,15 @@ pub fn edit_spec(
         Selection::Indices(i) => Some(i.as_slice()),
     };
     let devices = host.select(indices, request.virtual_devices, &config.dev_root)?;
+    // Refuse unknown or malformed mount lists now, before the runtime creates anything (the
+    // hook reads them again when it mounts).
+    if !request.no_driver {
+        crate::mounts::read_lists(
+            &config.mount_list_dir,
+            &request.mount_lists,
+            request.mount_lists_explicit,
+        )?;
+    }
     spec.apply(&Edit {
         devices: &devices,
         hook,

@@ -688,7 +688,10 @@ impl<'a> RuncContainer<'a> {
         if status.success() {
             Ok(container)
         } else {
-            Err(std::fs::read_to_string(&errors).unwrap_or_default())
+            // Hook errors reach us inside runc's own message, with their quotes escaped.
+            Err(std::fs::read_to_string(&errors)
+                .unwrap_or_default()
+                .replace("\\\"", "\""))
         }
     }
 
