@@ -128,10 +128,19 @@ pub fn reapply(config: &Config, done: &Enforced, grants: &[Grant]) -> Result<(),
     Ok(())
 }
 
-/// Removes a container's guard registration (v1 rules die with its cgroup).
+/// Removes a container's guard registration (v1 rules die with its cgroup). If the program
+/// version's pins are gone (deleted by hand), there is nothing left to remove: its maps live
+/// only as long as cgroups keep the program attached.
 pub fn release(config: &Config, done: &Enforced, grants: &[Grant]) -> Result<(), IsolationError> {
     if let (Some(version), Some(id)) = (&done.guard_version, done.cgroup_id) {
-        let mut guard = Guard::open(&config.bpf_dir, version)?;
+        let mut guard = match Guard::open(&config.bpf_dir, version) {
+            Err(GuardError::OpenProgram { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Ok(());
+            }
+            other => other?,
+        };
         guard.unregister(id, grants)?;
     }
     Ok(())

@@ -162,3 +162,40 @@ fn hook_stages() {
         "{err}"
     );
 }
+
+#[test]
+fn the_runtimes_exit_code_and_message_are_the_shims() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("failing-runc");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho \"runc says no to $1\" >&2\nexit 42\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let cfg = config(&dir, &format!("runtimes = [{fake:?}]\n"));
+    let bundle = dir.path().join("bundle");
+    std::fs::create_dir_all(&bundle).unwrap();
+    std::fs::write(
+        bundle.join("config.json"),
+        r#"{"process": {"env": []}, "root": {"path": "r"}}"#,
+    )
+    .unwrap();
+    for args in [
+        vec!["state", "x"],
+        vec!["create", "--bundle", bundle.to_str().unwrap(), "x"],
+    ] {
+        let out = Command::new(SHIM)
+            .args(&args)
+            .env("NPU_CONTAINER_RUNTIME_CONFIG", &cfg)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(42), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            err.trim(),
+            format!("runc says no to {}", args[0]),
+            "{args:?}"
+        );
+    }
+}
