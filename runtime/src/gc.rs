@@ -21,6 +21,8 @@ use crate::{
 pub struct Report {
     /// Records removed, by container id.
     pub records: Vec<String>,
+    /// Temporary record files of writers that died.
+    pub temp_files: Vec<String>,
     /// (program version, cgroup id) whose map entries were removed.
     pub map_entries: Vec<(String, u64)>,
     /// Program versions whose pins were removed.
@@ -61,6 +63,7 @@ pub fn run(config: &Config) -> Result<Report, Error> {
         Layout::Legacy { .. } => None,
     };
     let live = unified.as_deref().map(live_cgroup_ids);
+    report.temp_files = state::remove_orphaned_temps(&config.state_dir);
     for record in state::list(&config.state_dir) {
         let record = match record {
             Ok(r) => r,

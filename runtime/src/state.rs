@@ -36,6 +36,31 @@ pub struct Record {
     pub enforced: Enforced,
 }
 
+/// Temporary record files are `.record.<writer pid>.<random>`.
+const TEMP_PREFIX: &str = ".record.";
+
+/// Removes temporary record files whose writer is no longer running (a hook killed while
+/// writing); returns their names.
+pub fn remove_orphaned_temps(state_dir: &Path) -> Vec<String> {
+    let mut removed = Vec::new();
+    for entry in std::fs::read_dir(state_dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(TEMP_PREFIX)
+            .and_then(|rest| rest.split('.').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists()
+            && std::fs::remove_file(entry.path()).is_ok()
+        {
+            removed.push(name);
+        }
+    }
+    removed
+}
+
 /// The record file of container `id`; ids are runc's (`[A-Za-z0-9_+.-]`, not `.`/`..`).
 pub fn record_path(state_dir: &Path, id: &str) -> Result<PathBuf, StateError> {
     let valid = !id.is_empty()
@@ -59,8 +84,9 @@ pub fn write(state_dir: &Path, record: &Record) -> Result<(), StateError> {
         move |source| StateError::Io { op, path, source }
     };
     std::fs::create_dir_all(state_dir).map_err(io("create"))?;
+    // The writer's pid in the name lets `gc` tell a dead writer's leftover from work in progress.
     let mut tmp = tempfile::Builder::new()
-        .prefix(".record.")
+        .prefix(&format!("{TEMP_PREFIX}{}.", std::process::id()))
         .tempfile_in(state_dir)
         .map_err(io("create"))?;
     serde_json::to_writer(&mut tmp, record).map_err(|e| io("write")(e.into()))?;
@@ -156,6 +182,12 @@ mod tests {
         assert!(text.contains("\"c 240:1 rwm\""), "{text}");
         assert_eq!(read(dir.path(), "abc_1.2-x").unwrap(), Some(record));
         assert_eq!(list(dir.path()).len(), 1);
+        // A dead writer's temporary file goes, a live one's stays.
+        std::fs::write(dir.path().join(".record.999999999.abc"), "{").unwrap();
+        let live = format!(".record.{}.def", std::process::id());
+        std::fs::write(dir.path().join(&live), "{").unwrap();
+        assert_eq!(remove_orphaned_temps(dir.path()), [".record.999999999.abc"]);
+        assert!(dir.path().join(&live).exists());
         remove(dir.path(), "abc_1.2-x").unwrap();
         remove(dir.path(), "abc_1.2-x").unwrap();
         assert!(list(dir.path()).is_empty());

@@ -1,5 +1,8 @@
-//! Faults: the pinned program deleted under running containers, and bpffs not mounted. Never
-//! an open NPU: running containers keep their verdicts, new ones get a working guard.
+//! Faults: the pinned program deleted under running containers, bpffs not mounted, the hook
+//! killed mid-work. Never an open NPU: running containers keep their verdicts, new ones get a
+//! working guard, and what a killed hook leaves behind is found by `npu-ctk gc`.
+use std::process::Command;
+
 use npu_tests::{
     FakeHost, Place, RuncContainer, V2Namespace, bin, have_tool, require, require_root, run,
 };
@@ -78,4 +81,78 @@ fn bpffs_not_mounted() {
         "bpf_fs",
         "the hook mounts bpffs where it belongs"
     );
+}
+
+/// The hook killed (SIGKILL, injected by strace at a chosen syscall) while it registers the
+/// container, before its record lands, and while it mounts: the container never runs, `gc`
+/// leaves no stale grant or record, and a container already running is unaffected.
+#[test]
+fn hook_killed_mid_work() {
+    if !(can_run()
+        && require("strace", have_tool("strace"))
+        && require("bpftool", have_tool("bpftool")))
+    {
+        return;
+    }
+    let host = FakeHost::new(3);
+    let bystander = start(Place::Host, &host, "2");
+    // The shim injects the hook that sits next to it: a copy of the shim beside a wrapper.
+    let dir = host.dir.path().join("killing");
+    std::fs::create_dir_all(&dir).unwrap();
+    let shim = dir.join("npu-container-runtime");
+    std::fs::copy(bin("npu-container-runtime"), &shim).unwrap();
+    let hook = dir.join("npu-container-hook");
+    for (syscall, when) in [
+        ("bpf", "6"),
+        ("rename,renameat,renameat2", "1"),
+        ("move_mount", "2"),
+    ] {
+        std::fs::write(
+            &hook,
+            format!(
+                "#!/bin/sh\nif [ \"$1\" = create-runtime ]; then\n  exec strace -f -qq -o /dev/null \
+                 -e inject={syscall}:signal=KILL:when={when} {} \"$@\"\nfi\nexec {} \"$@\"\n",
+                bin("npu-container-hook").display(),
+                bin("npu-container-hook").display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let result = RuncContainer::start_with_env(
+            Place::Host,
+            host.dir.path(),
+            &shim,
+            &host.config_path,
+            |spec| {
+                spec["process"]["env"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push("ASCEND_VISIBLE_DEVICES=0".into());
+            },
+        );
+        let err = result
+            .err()
+            .unwrap_or_else(|| panic!("killed at {syscall}: the container started"));
+        assert!(err.contains("hook"), "killed at {syscall}: {err}");
+        let gc = run(Command::new(bin("npu-ctk"))
+            .env(npu_runtime::config::PATH_ENV, &host.config_path)
+            .args(["gc", "--json"]));
+        eprintln!("killed at {syscall} #{when}: gc {gc}");
+        assert_eq!(
+            host.records(),
+            [format!("{}.json", bystander.id)],
+            "killed at {syscall}"
+        );
+        assert_eq!(
+            host.granted_cgroups().len(),
+            1,
+            "killed at {syscall}: only the bystander is registered"
+        );
+        assert_eq!(
+            verdicts(&bystander, &host),
+            ["EPERM", "EPERM", "ENXIO"],
+            "bystander after {syscall}"
+        );
+    }
 }

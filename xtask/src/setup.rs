@@ -15,6 +15,7 @@ const PACKAGES: &[&str] = &[
     "docker.io",      // the Docker suites (dockerd 20.10, containerd)
     "containerd",     // the containerd suite (ctr)
     "podman",         // the Podman suites (runtime and hooks.d modes)
+    "strace",         // kills the hook at chosen syscalls in the fault suite
 ];
 
 /// bpf-linker release known to build against the nightly's LLVM 22.
