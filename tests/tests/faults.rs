@@ -156,3 +156,47 @@ fn hook_killed_mid_work() {
         );
     }
 }
+
+/// The container map full: the next NPU container fails with an error naming the map and is
+/// not created; once there is room again, containers start as before.
+#[test]
+fn maps_full() {
+    if !can_run() {
+        return;
+    }
+    let host = FakeHost::new(2);
+    // Load the program by starting (and removing) one container.
+    drop(start(Place::Host, &host, "0"));
+    let mut guard = npu_runtime::guard::Guard::ensure(&host.config.bpf_dir).unwrap();
+    let fake = |i: usize| (1u64 << 42) + i as u64;
+    let mut filled = 0;
+    while guard.register(fake(filled), &[]).is_ok() {
+        filled += 1;
+        assert!(
+            filled <= npu_guard_common::MAX_CONTAINERS,
+            "the map never filled"
+        );
+    }
+    assert_eq!(filled, npu_guard_common::MAX_CONTAINERS);
+    let err = RuncContainer::start_with_env(
+        Place::Host,
+        host.dir.path(),
+        &bin("npu-container-runtime"),
+        &host.config_path,
+        |spec| {
+            spec["process"]["env"]
+                .as_array_mut()
+                .unwrap()
+                .push("ASCEND_VISIBLE_DEVICES=1".into());
+        },
+    )
+    .err()
+    .expect("a container started with the map full");
+    assert!(err.contains("npu_containers"), "{err}");
+    assert!(host.records().is_empty());
+    for i in 0..filled {
+        guard.unregister(fake(i), &[]).unwrap();
+    }
+    let c = start(Place::Host, &host, "1");
+    assert_eq!(verdicts(&c, &host), ["EPERM", "ENXIO"]);
+}
