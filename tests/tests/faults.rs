@@ -200,3 +200,84 @@ fn maps_full() {
     let c = start(Place::Host, &host, "1");
     assert_eq!(verdicts(&c, &host), ["EPERM", "ENXIO"]);
 }
+
+/// runc killed (SIGKILL) while our hook runs: the container never starts; the engine's usual
+/// `delete -f` and then `npu-ctk gc` leave no stale grant or record.
+#[test]
+fn runc_killed_mid_create() {
+    if !(can_run() && require("bpftool", have_tool("bpftool"))) {
+        return;
+    }
+    let host = FakeHost::new(2);
+    let dir = host.dir.path().join("slow");
+    std::fs::create_dir_all(&dir).unwrap();
+    let shim = dir.join("npu-container-runtime");
+    std::fs::copy(bin("npu-container-runtime"), &shim).unwrap();
+    let entered = dir.join("hook-entered");
+    let release = dir.join("hook-release");
+    // The hook announces itself, then waits to be released (by us, after killing runc).
+    std::fs::write(
+        dir.join("npu-container-hook"),
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = create-runtime ]; then\n  touch {e}\n  while [ ! -e {r} ]; do sleep 0.05; done\nfi\nexec {h} \"$@\"\n",
+            e = entered.display(),
+            r = release.display(),
+            h = bin("npu-container-hook").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        dir.join("npu-container-hook"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let (bundle, _) = npu_tests::write_bundle(&dir, "victim", &["sleep", "600"], |spec| {
+        spec["process"]["env"]
+            .as_array_mut()
+            .unwrap()
+            .push("ASCEND_VISIBLE_DEVICES=0".into());
+    });
+    let root = dir.join("runc-root");
+    let mut runc = Command::new(&shim)
+        .env(npu_runtime::config::PATH_ENV, &host.config_path)
+        .arg("--root")
+        .arg(&root)
+        .args(["create", "--bundle"])
+        .arg(&bundle)
+        .arg("victim")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !entered.exists() {
+        assert!(std::time::Instant::now() < deadline, "the hook never ran");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // The shim exec'd runc: same pid.
+    runc.kill().unwrap();
+    runc.wait().unwrap();
+    std::fs::write(&release, "").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // The container never started: its process is still runc's init, not `sleep`.
+    let state = Command::new("runc")
+        .arg("--root")
+        .arg(&root)
+        .args(["state", "victim"])
+        .output()
+        .unwrap();
+    let state = String::from_utf8_lossy(&state.stdout);
+    assert!(!state.contains("\"running\""), "{state}");
+    // What an engine does with a half-created container, then gc.
+    let _ = Command::new("runc")
+        .arg("--root")
+        .arg(&root)
+        .args(["delete", "-f", "victim"])
+        .output();
+    run(Command::new(bin("npu-ctk"))
+        .env(npu_runtime::config::PATH_ENV, &host.config_path)
+        .arg("gc"));
+    assert!(host.records().is_empty(), "{:?}", host.records());
+    assert!(host.granted_cgroups().is_empty(), "grants left");
+}
