@@ -772,3 +772,44 @@ pub fn errno_of(ok: bool, text: &str) -> String {
         format!("other: {text}")
     }
 }
+
+/// The verdicts a container granted `granted` should see for NPUs `0..chips`.
+pub fn expect_only(granted: &[u32], chips: u32) -> Vec<String> {
+    (0..chips)
+        .map(|i| {
+            if granted.contains(&i) {
+                "ENXIO"
+            } else {
+                "EPERM"
+            }
+            .to_string()
+        })
+        .collect()
+}
+
+/// Starts a sleeping container through npu-container-runtime asking for `npus`.
+pub fn start_npu<'a>(
+    place: Place<'a>,
+    host: &FakeHost,
+    npus: &str,
+) -> Result<RuncContainer<'a>, String> {
+    RuncContainer::start_with_env(
+        place,
+        host.dir.path(),
+        &bin("npu-container-runtime"),
+        &host.config_path,
+        |spec| {
+            spec["process"]["env"]
+                .as_array_mut()
+                .unwrap()
+                .push(format!("ASCEND_VISIBLE_DEVICES={npus}").into());
+        },
+    )
+}
+
+/// Runs `test` on a pure cgroup v2 host (a [`V2Namespace`]) and on this host's cgroup v1.
+pub fn each_cgroup_mode(test: impl Fn(Place<'_>, &str)) {
+    let ns = V2Namespace::new();
+    test(Place::V2(&ns), "cgroup v2");
+    test(Place::Host, "cgroup v1");
+}

@@ -10,19 +10,6 @@ use npu_tests::{
     have_tool, require, require_root,
 };
 
-fn expect_only(granted: &[u32], chips: u32) -> Vec<String> {
-    (0..chips)
-        .map(|i| {
-            if granted.contains(&i) {
-                "ENXIO"
-            } else {
-                "EPERM"
-            }
-            .to_string()
-        })
-        .collect()
-}
-
 #[test]
 fn ctr_pair_with_disjoint_npus() {
     if !(require_root()
@@ -47,7 +34,7 @@ fn ctr_pair_with_disjoint_npus() {
             let out = c.exec(id, &script);
             assert_eq!(
                 parse_matrix(&out, host.chips),
-                expect_only(&granted, host.chips),
+                npu_tests::expect_only(&granted, host.chips),
                 "{mode} {id}:\n{out}"
             );
         }

@@ -4,8 +4,8 @@ use std::{collections::BTreeSet, process::Command};
 
 use npu_runtime::config::PATH_ENV;
 use npu_tests::{
-    FakeHost, Place, RuncContainer, TestCgroup, V2Namespace, bin, guardctl, have_tool,
-    open_verdict, require, require_root, run, unified_mount, unique,
+    FakeHost, Place, TestCgroup, V2Namespace, bin, guardctl, have_tool, open_verdict, require,
+    require_root, run, unified_mount, unique,
 };
 
 fn can_run() -> bool {
@@ -20,22 +20,6 @@ fn ctk(host: &FakeHost, args: &[&str]) -> String {
     run(Command::new(bin("npu-ctk"))
         .env(PATH_ENV, &host.config_path)
         .args(args))
-}
-
-fn start<'a>(place: Place<'a>, host: &FakeHost, npus: &str) -> RuncContainer<'a> {
-    RuncContainer::start_with_env(
-        place,
-        host.dir.path(),
-        &bin("npu-container-runtime"),
-        &host.config_path,
-        |spec| {
-            spec["process"]["env"]
-                .as_array_mut()
-                .unwrap()
-                .push(format!("ASCEND_VISIBLE_DEVICES={npus}").into());
-        },
-    )
-    .expect("start")
 }
 
 /// (cgroup id, major, minor) of every grant bpftool shows in the pinned grant maps.
@@ -94,8 +78,8 @@ fn policy_show_agrees_with_bpftool() {
     let ns = V2Namespace::new();
     for (place, mode) in [(Place::V2(&ns), "v2"), (Place::Host, "v1")] {
         let host = FakeHost::new(4);
-        let a = start(place, &host, "0");
-        let b = start(place, &host, "2,3");
+        let a = npu_tests::start_npu(place, &host, "0").expect("start");
+        let b = npu_tests::start_npu(place, &host, "2,3").expect("start");
         // Make some verdicts to count.
         assert_eq!(open_verdict(&a, "/dev/davinci0"), "ENXIO");
         assert_eq!(a.node_verdict(host.chip_major, 1), "EPERM");
@@ -167,7 +151,7 @@ fn gc_removes_only_what_is_dead() {
     }
     let ns = V2Namespace::new();
     let host = FakeHost::new(3);
-    let alive = start(Place::V2(&ns), &host, "1");
+    let alive = npu_tests::start_npu(Place::V2(&ns), &host, "1").expect("start");
 
     // A container whose poststop never ran: registered, then its cgroup vanished.
     let dead = TestCgroup::new(&unified_mount(), &unique("npu-dead"));

@@ -5,7 +5,7 @@ use std::{collections::BTreeSet, process::Command};
 
 use npu_runtime::config::PATH_ENV;
 use npu_tests::{
-    FakeHost, Place, V2Namespace, bin,
+    FakeHost, Place, bin,
     engines::{Dockerd, matrix_script, parse_matrix},
     have_tool, require, require_root, run,
 };
@@ -20,25 +20,9 @@ fn can_run() -> bool {
 }
 
 fn each_mode(test: impl Fn(Place<'_>, &str)) {
-    if !can_run() {
-        return;
+    if can_run() {
+        npu_tests::each_cgroup_mode(test);
     }
-    let ns = V2Namespace::new();
-    test(Place::V2(&ns), "cgroup v2");
-    test(Place::Host, "cgroup v1");
-}
-
-fn expect_only(granted: &[u32], chips: u32) -> Vec<String> {
-    (0..chips)
-        .map(|i| {
-            if granted.contains(&i) {
-                "ENXIO"
-            } else {
-                "EPERM"
-            }
-            .to_string()
-        })
-        .collect()
 }
 
 fn ctk_policy(host: &FakeHost) -> serde_json::Value {
@@ -79,7 +63,7 @@ fn docker_run_gets_exactly_its_npus() {
             let (_, out) = d.output(&args);
             assert_eq!(
                 parse_matrix(&out, host.chips),
-                expect_only(&[1], host.chips),
+                npu_tests::expect_only(&[1], host.chips),
                 "{mode} {what}:\n{out}"
             );
             assert!(
@@ -160,8 +144,16 @@ fn docker_update_restart_and_rm() {
             ]);
             parse_matrix(&out, host.chips)
         };
-        assert_eq!(verdicts(&a), expect_only(&[0], host.chips), "{mode}: a");
-        assert_eq!(verdicts(&b), expect_only(&[2, 3], host.chips), "{mode}: b");
+        assert_eq!(
+            verdicts(&a),
+            npu_tests::expect_only(&[0], host.chips),
+            "{mode}: a"
+        );
+        assert_eq!(
+            verdicts(&b),
+            npu_tests::expect_only(&[2, 3], host.chips),
+            "{mode}: b"
+        );
 
         // bpftool and npu-ctk agree on the grants of the running containers.
         let policy = ctk_policy(&host);
@@ -194,7 +186,7 @@ fn docker_update_restart_and_rm() {
             assert!(ok, "{out}");
             assert_eq!(
                 verdicts(&a),
-                expect_only(&[0], host.chips),
+                npu_tests::expect_only(&[0], host.chips),
                 "{mode}: after update"
             );
         }
@@ -202,7 +194,7 @@ fn docker_update_restart_and_rm() {
         assert!(ok, "{mode}: {out}");
         assert_eq!(
             verdicts(&a),
-            expect_only(&[0], host.chips),
+            npu_tests::expect_only(&[0], host.chips),
             "{mode}: after restart"
         );
 

@@ -14,22 +14,6 @@ fn can_run() -> bool {
         && require("nsenter", have_tool("nsenter"))
 }
 
-fn start<'a>(place: Place<'a>, host: &FakeHost, npus: &str) -> RuncContainer<'a> {
-    RuncContainer::start_with_env(
-        place,
-        host.dir.path(),
-        &bin("npu-container-runtime"),
-        &host.config_path,
-        |spec| {
-            spec["process"]["env"]
-                .as_array_mut()
-                .unwrap()
-                .push(format!("ASCEND_VISIBLE_DEVICES={npus}").into());
-        },
-    )
-    .expect("start")
-}
-
 fn verdicts(c: &RuncContainer<'_>, host: &FakeHost) -> Vec<String> {
     (0..host.chips)
         .map(|i| c.node_verdict(host.chip_major, i))
@@ -44,7 +28,7 @@ fn pins_deleted_under_running_containers() {
     let ns = V2Namespace::new();
     let place = Place::V2(&ns);
     let host = FakeHost::new(3);
-    let a = start(place, &host, "0");
+    let a = npu_tests::start_npu(place, &host, "0").expect("start");
     let before = verdicts(&a, &host);
     assert_eq!(before, ["ENXIO", "EPERM", "EPERM"]);
     // Someone removes every pin.
@@ -52,7 +36,7 @@ fn pins_deleted_under_running_containers() {
     // The attached program and its maps live on: A keeps exactly its NPU.
     assert_eq!(verdicts(&a, &host), before, "after the pins vanished");
     // The next container loads and pins the program again and is guarded.
-    let b = start(place, &host, "2");
+    let b = npu_tests::start_npu(place, &host, "2").expect("start");
     assert_eq!(verdicts(&b, &host), ["EPERM", "EPERM", "ENXIO"]);
     assert_eq!(verdicts(&a, &host), before, "A after B started");
     // A's cleanup has nothing to unpin and still removes its record.
@@ -73,7 +57,7 @@ fn bpffs_not_mounted() {
     let fs = run(ns.command("stat").args(["-f", "-c", "%T", "/sys/fs/bpf"]));
     assert_ne!(fs.trim(), "bpf_fs", "bpffs still mounted in the namespace");
     let host = FakeHost::new(2);
-    let c = start(Place::V2(&ns), &host, "1");
+    let c = npu_tests::start_npu(Place::V2(&ns), &host, "1").expect("start");
     assert_eq!(verdicts(&c, &host), ["EPERM", "ENXIO"]);
     let fs = run(ns.command("stat").args(["-f", "-c", "%T", "/sys/fs/bpf"]));
     assert_eq!(
@@ -95,7 +79,7 @@ fn hook_killed_mid_work() {
         return;
     }
     let host = FakeHost::new(3);
-    let bystander = start(Place::Host, &host, "2");
+    let bystander = npu_tests::start_npu(Place::Host, &host, "2").expect("start");
     // The shim injects the hook that sits next to it: a copy of the shim beside a wrapper.
     let dir = host.dir.path().join("killing");
     std::fs::create_dir_all(&dir).unwrap();
@@ -166,7 +150,7 @@ fn maps_full() {
     }
     let host = FakeHost::new(2);
     // Load the program by starting (and removing) one container.
-    drop(start(Place::Host, &host, "0"));
+    drop(npu_tests::start_npu(Place::Host, &host, "0").expect("start"));
     let mut guard = npu_runtime::guard::Guard::ensure(&host.config.bpf_dir).unwrap();
     let fake = |i: usize| (1u64 << 42) + i as u64;
     let mut filled = 0;
@@ -197,7 +181,7 @@ fn maps_full() {
     for i in 0..filled {
         guard.unregister(fake(i), &[]).unwrap();
     }
-    let c = start(Place::Host, &host, "1");
+    let c = npu_tests::start_npu(Place::Host, &host, "1").expect("start");
     assert_eq!(verdicts(&c, &host), ["EPERM", "ENXIO"]);
 }
 

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use npu_runtime::config::PATH_ENV;
 use npu_tests::{
-    FakeHost, Place, V2Namespace, bin,
+    FakeHost, Place, bin,
     engines::{Podman, matrix_script, parse_matrix},
     have_tool, require, require_root, run,
 };
@@ -21,25 +21,9 @@ fn can_run() -> bool {
 }
 
 fn each_mode(test: impl Fn(Place<'_>, &str)) {
-    if !can_run() {
-        return;
+    if can_run() {
+        npu_tests::each_cgroup_mode(test);
     }
-    let ns = V2Namespace::new();
-    test(Place::V2(&ns), "cgroup v2");
-    test(Place::Host, "cgroup v1");
-}
-
-fn expect_only(granted: &[u32], chips: u32) -> Vec<String> {
-    (0..chips)
-        .map(|i| {
-            if granted.contains(&i) {
-                "ENXIO"
-            } else {
-                "EPERM"
-            }
-            .to_string()
-        })
-        .collect()
 }
 
 /// What --privileged does to devices (this sandbox lacks CAP_SYS_RESOURCE, so --privileged
@@ -65,7 +49,7 @@ fn podman_runtime_mode() {
             let (_, out) = p.run(&["--runtime", "npu"], &args);
             assert_eq!(
                 parse_matrix(&out, host.chips),
-                expect_only(&[1], host.chips),
+                npu_tests::expect_only(&[1], host.chips),
                 "{mode} {what}:\n{out}"
             );
             assert!(out.contains("davinci_manager"), "{mode} {what}:\n{out}");
@@ -103,7 +87,7 @@ fn podman_hook_mode() {
             let (_, out) = p.run(&global, &args);
             assert_eq!(
                 parse_matrix(&out, host.chips),
-                expect_only(&[2], host.chips),
+                npu_tests::expect_only(&[2], host.chips),
                 "{mode} {what}:\n{out}"
             );
         }

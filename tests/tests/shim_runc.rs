@@ -18,12 +18,9 @@ fn can_run() -> bool {
 
 /// Both places: the pure-v2 namespace and the host's v1 devices controller.
 fn each_place(test: impl Fn(Place<'_>, &str)) {
-    if !can_run() {
-        return;
+    if can_run() {
+        npu_tests::each_cgroup_mode(test);
     }
-    let ns = V2Namespace::new();
-    test(Place::V2(&ns), "cgroup v2");
-    test(Place::Host, "cgroup v1");
 }
 
 fn shim() -> std::path::PathBuf {
@@ -53,19 +50,6 @@ fn chip_verdicts(c: &RuncContainer<'_>, host: &FakeHost) -> Vec<String> {
         .collect()
 }
 
-fn expect_only(host: &FakeHost, granted: &[u32]) -> Vec<String> {
-    (0..host.chips)
-        .map(|i| {
-            if granted.contains(&i) {
-                "ENXIO"
-            } else {
-                "EPERM"
-            }
-            .to_string()
-        })
-        .collect()
-}
-
 #[test]
 fn one_npu_container() {
     each_place(|place, mode| {
@@ -81,7 +65,11 @@ fn one_npu_container() {
         }
         // Other NPUs are absent, and a node made for one is unusable.
         assert_eq!(open_verdict(&c, "/dev/davinci0"), "ENOENT", "{mode}");
-        assert_eq!(chip_verdicts(&c, &host), expect_only(&host, &[1]), "{mode}");
+        assert_eq!(
+            chip_verdicts(&c, &host),
+            npu_tests::expect_only(&[1], host.chips),
+            "{mode}"
+        );
         // Driver files are there, read-only; missing list entries are skipped.
         let (ok, text) = c.sh("cat /usr/local/Ascend/driver/version.info /usr/local/Ascend/driver/lib64/libascend_hal.so");
         assert!(
@@ -115,12 +103,12 @@ fn two_containers_with_disjoint_npus() {
         let b = start(place, &host, &["ASCEND_VISIBLE_DEVICES=2-3"], |_| {}).expect("b");
         assert_eq!(
             chip_verdicts(&a, &host),
-            expect_only(&host, &[0, 1]),
+            npu_tests::expect_only(&[0, 1], host.chips),
             "{mode}: a"
         );
         assert_eq!(
             chip_verdicts(&b, &host),
-            expect_only(&host, &[2, 3]),
+            npu_tests::expect_only(&[2, 3], host.chips),
             "{mode}: b"
         );
     });
@@ -146,7 +134,11 @@ fn privileged_container_still_gets_only_its_npu() {
         assert_eq!(open_verdict(&c, "/dev/davinci0"), "EPERM", "{mode}");
         assert_eq!(open_verdict(&c, "/dev/davinci3"), "EPERM", "{mode}");
         assert_eq!(open_verdict(&c, "/dev/davinci1"), "ENXIO", "{mode}");
-        assert_eq!(chip_verdicts(&c, &host), expect_only(&host, &[1]), "{mode}");
+        assert_eq!(
+            chip_verdicts(&c, &host),
+            npu_tests::expect_only(&[1], host.chips),
+            "{mode}"
+        );
         // Non-NPU devices keep working.
         assert_eq!(open_verdict(&c, "/dev/null"), "OK", "{mode}");
     });
@@ -175,7 +167,7 @@ fn update_keeps_verdicts() {
         }
         run(update.arg(&c.id));
         assert_eq!(chip_verdicts(&c, &host), before, "{mode}");
-        assert_eq!(before, expect_only(&host, &[2]), "{mode}");
+        assert_eq!(before, npu_tests::expect_only(&[2], host.chips), "{mode}");
     });
 }
 
@@ -267,7 +259,11 @@ fn hook_only_mode() {
             let c = result.expect("v1 hook-only");
             assert_eq!(open_verdict(&c, "/dev/davinci1"), "ENXIO", "{mode}");
             assert_eq!(open_verdict(&c, "/dev/davinci_manager"), "ENXIO", "{mode}");
-            assert_eq!(chip_verdicts(&c, &host), expect_only(&host, &[1]), "{mode}");
+            assert_eq!(
+                chip_verdicts(&c, &host),
+                npu_tests::expect_only(&[1], host.chips),
+                "{mode}"
+            );
         }
     });
 }
