@@ -162,20 +162,9 @@ fn maps_full() {
         );
     }
     assert_eq!(filled, npu_guard_common::MAX_CONTAINERS);
-    let err = RuncContainer::start_with_env(
-        Place::Host,
-        host.dir.path(),
-        &bin("npu-container-runtime"),
-        &host.config_path,
-        |spec| {
-            spec["process"]["env"]
-                .as_array_mut()
-                .unwrap()
-                .push("ASCEND_VISIBLE_DEVICES=1".into());
-        },
-    )
-    .err()
-    .expect("a container started with the map full");
+    let err = npu_tests::start_npu(Place::Host, &host, "1")
+        .err()
+        .expect("a container started with the map full");
     assert!(err.contains("npu_containers"), "{err}");
     assert!(host.records().is_empty());
     for i in 0..filled {
