@@ -222,6 +222,11 @@ impl Grant {
             access: Access::ALL,
         }
     }
+
+    /// Whether this grant is for `node`.
+    pub fn covers(&self, node: &DeviceNode) -> bool {
+        (self.dev_type, self.major, self.minor) == (node.dev_type, node.major, node.minor)
+    }
 }
 
 impl fmt::Display for Grant {

@@ -49,6 +49,10 @@ pub enum Error {
     Hooks(#[from] crate::hooksd::HooksError),
     #[error("no NPU container {0:?} is known (see npu-ctk policy show)")]
     UnknownContainer(String),
+    #[error(
+        "NPU {npu} was never granted to container {id:?}: only original grants can be revoked or restored"
+    )]
+    NotGranted { id: String, npu: u32 },
     #[error("{0} check(s) failed")]
     ChecksFailed(usize),
     #[error("cannot {what}: {source}")]

@@ -76,6 +76,7 @@ pub fn create_runtime(config: &Config, state: &State) -> Result<(), Error> {
         devices: devices.iter().map(|d| d.container_path.clone()).collect(),
         grants: grants.clone(),
         enforced,
+        revoked: Vec::new(),
     };
     let result = state::write(&config.state_dir, &record)
         .map_err(Error::from)

@@ -128,6 +128,42 @@ pub fn reapply(config: &Config, done: &Enforced, grants: &[Grant]) -> Result<(),
     Ok(())
 }
 
+/// Live revoke (`allow = false`) or restore of one grant of a running container, in every
+/// layer it is confined by (the guard's map, the v1 devices controller). `now` is what the
+/// container holds after the change; the v1 result is verified against it.
+pub fn set_grant(
+    config: &Config,
+    done: &Enforced,
+    grant: &Grant,
+    allow: bool,
+    now: &[Grant],
+) -> Result<(), IsolationError> {
+    if let (Some(version), Some(id)) = (&done.guard_version, done.cgroup_id) {
+        let mut guard = Guard::open(&config.bpf_dir, version)?;
+        if allow {
+            guard.register(id, std::slice::from_ref(grant))?;
+        } else {
+            guard.revoke(id, grant)?;
+        }
+    }
+    if let Some(dir) = &done.devices_v1_dir {
+        let rule = v1::Rule::exact(grant.dev_type, grant.major, grant.minor, grant.access);
+        let (deny, allow_rules) = if allow {
+            (vec![], vec![rule])
+        } else {
+            (vec![rule], vec![])
+        };
+        let plan = v1::Plan {
+            allow_first: Vec::new(),
+            deny,
+            allow: allow_rules,
+        };
+        let host = HostDevices::discover(config)?;
+        v1::apply(dir, &plan, &host.guarded_nodes, now)?;
+    }
+    Ok(())
+}
+
 /// Removes a container's guard registration (v1 rules die with its cgroup). If the program
 /// version's pins are gone (deleted by hand), there is nothing left to remove: its maps live
 /// only as long as cgroups keep the program attached.

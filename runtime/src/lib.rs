@@ -23,6 +23,7 @@ pub mod guard;
 pub mod hook;
 pub mod hooksd;
 pub mod isolation;
+pub mod live;
 pub mod logging;
 pub mod mounts;
 pub mod policy;

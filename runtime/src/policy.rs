@@ -25,6 +25,8 @@ pub struct PolicyEntry {
     /// Device paths inside the container (from the record).
     pub devices: Vec<PathBuf>,
     pub grants: Vec<Grant>,
+    /// Grants revoked live (`npu-ctk device revoke`).
+    pub revoked: Vec<Grant>,
     /// Guarded accesses allowed/denied by the guard (`None` without a BPF layer).
     pub allowed: Option<u64>,
     pub denied: Option<u64>,
@@ -53,6 +55,7 @@ pub fn collect(config: &Config) -> Result<Vec<PolicyEntry>, Error> {
                 .collect(),
             devices: record.devices.clone(),
             grants: record.grants.clone(),
+            revoked: record.revoked.clone(),
             allowed: None,
             denied: None,
         });
@@ -77,6 +80,7 @@ pub fn collect(config: &Config) -> Result<Vec<PolicyEntry>, Error> {
                     cgroup_id: Some(p.cgroup_id),
                     cgroups: Vec::new(),
                     devices: Vec::new(),
+                    revoked: Vec::new(),
                     grants: p.grants,
                     allowed: Some(p.allowed),
                     denied: Some(p.denied),

@@ -34,6 +34,9 @@ pub struct Record {
     pub devices: Vec<PathBuf>,
     pub grants: Vec<Grant>,
     pub enforced: Enforced,
+    /// Grants taken away from the running container (`npu-ctk device revoke`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked: Vec<Grant>,
 }
 
 /// Temporary record files are `.record.<writer pid>.<random>`.
@@ -176,6 +179,7 @@ mod tests {
                 unified_dir: Some("/sys/fs/cgroup/x".into()),
                 devices_v1_dir: None,
             },
+            revoked: vec![],
         };
         write(dir.path(), &record).unwrap();
         let text = std::fs::read_to_string(dir.path().join("abc_1.2-x.json")).unwrap();

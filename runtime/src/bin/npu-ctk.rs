@@ -8,7 +8,7 @@ use npu_runtime::{
     doctor,
     engines::{self, Engine},
     error::Error,
-    gc, hooksd, policy, shim,
+    gc, hooksd, live, policy, shim,
 };
 
 #[derive(Parser)]
@@ -49,6 +49,11 @@ enum Command {
         /// Print JSON instead of a table
         #[arg(long)]
         json: bool,
+    },
+    /// Take an NPU away from a running container, or give it back, without a restart
+    Device {
+        #[command(subcommand)]
+        command: DeviceCommand,
     },
     /// The live device policy
     Policy {
@@ -110,6 +115,15 @@ enum HookCommand {
         #[arg(long, value_name = "PATH")]
         hook_path: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum DeviceCommand {
+    /// Deny the container NPU N from its next open or mknod on (file descriptors it already
+    /// holds stay open: no device cgroup can revoke those)
+    Revoke { container: String, npu: u32 },
+    /// Give back an NPU the container was originally granted
+    Restore { container: String, npu: u32 },
 }
 
 #[derive(Subcommand)]
@@ -207,6 +221,29 @@ fn run(cli: Cli) -> Result<(), Error> {
                     print(format!("previous version kept in {}", b.display()));
                 }
                 print("restart the engine (or reload its configuration) to apply".into());
+            }
+        }
+        Command::Device { command } => {
+            let config = load_config()?;
+            let (id, npu, allow) = match command {
+                DeviceCommand::Revoke { container, npu } => (container, npu, false),
+                DeviceCommand::Restore { container, npu } => (container, npu, true),
+            };
+            let verb = if allow { "restored" } else { "revoked" };
+            match live::set_npu(&config, &id, npu, allow)? {
+                live::Change::Done(grant) => {
+                    print(format!("NPU {npu} ({grant}) {verb} for {id}"));
+                    if !allow {
+                        print(
+                            "effective for the next open or mknod; file descriptors the \
+                             container already holds stay open"
+                                .into(),
+                        );
+                    }
+                }
+                live::Change::Unchanged(grant) => print(format!(
+                    "NPU {npu} ({grant}) already {verb} for {id}; no change"
+                )),
             }
         }
         Command::Hook {
@@ -359,6 +396,11 @@ fn run(cli: Cli) -> Result<(), Error> {
                         num(e.denied),
                         grants.join(", ")
                     ));
+                    if !e.revoked.is_empty() {
+                        let revoked: Vec<String> =
+                            e.revoked.iter().map(ToString::to_string).collect();
+                        print(format!("{:<24} revoked {}", "", revoked.join(", ")));
+                    }
                     for cg in &e.cgroups {
                         print(format!("{:<24} cgroup {}", "", cg.display()));
                     }

@@ -274,6 +274,13 @@ impl Guard {
         Ok(())
     }
 
+    /// Takes one grant away from a registered container: its next open or mknod of the node
+    /// is denied (descriptors already open stay open: no device cgroup can revoke those).
+    pub fn revoke(&mut self, cgroup_id: u64, grant: &Grant) -> Result<(), GuardError> {
+        ignore_missing(self.grants.remove(&grant_key(cgroup_id, grant)))
+            .map_err(map_error("remove", MAP_GRANTS))
+    }
+
     /// Every cgroup id with an entry in this version's maps (registered or leftover grants).
     pub fn cgroup_ids(&self) -> Result<std::collections::BTreeSet<u64>, GuardError> {
         let mut ids = std::collections::BTreeSet::new();

@@ -1,0 +1,107 @@
+//! Live revoke and restore (`npu-ctk device revoke|restore`) on running containers, on pure
+//! cgroup v2 and on cgroup v1 (deny-all and allow-all device cgroups).
+use std::process::Command;
+
+use npu_runtime::config::PATH_ENV;
+use npu_tests::{
+    FakeHost, Place, RuncContainer, bin, each_cgroup_mode, have_tool, require, require_root,
+};
+
+fn can_run() -> bool {
+    require_root()
+        && require("runc", have_tool("runc"))
+        && require("busybox", have_tool("busybox"))
+        && require("nsenter", have_tool("nsenter"))
+}
+
+fn ctk(host: &FakeHost, args: &[&str]) -> (bool, String) {
+    let out = Command::new(bin("npu-ctk"))
+        .env(PATH_ENV, &host.config_path)
+        .args(args)
+        .output()
+        .unwrap();
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+fn verdicts(c: &RuncContainer<'_>, host: &FakeHost) -> Vec<String> {
+    (0..host.chips)
+        .map(|i| c.node_verdict(host.chip_major, i))
+        .collect()
+}
+
+fn revoke_and_restore(place: Place<'_>, mode: &str, allow_all: bool) {
+    let host = FakeHost::new(3);
+    let c = RuncContainer::start_with_env(
+        place,
+        host.dir.path(),
+        &bin("npu-container-runtime"),
+        &host.config_path,
+        |spec| {
+            spec["process"]["env"]
+                .as_array_mut()
+                .unwrap()
+                .push("ASCEND_VISIBLE_DEVICES=0,1".into());
+            if allow_all {
+                spec["linux"]["resources"]["devices"] =
+                    serde_json::json!([{"allow": true, "access": "rwm"}]);
+            }
+        },
+    )
+    .expect("start");
+    let what = format!("{mode}{}", if allow_all { ", allow-all" } else { "" });
+    assert_eq!(verdicts(&c, &host), ["ENXIO", "ENXIO", "EPERM"], "{what}");
+
+    let (ok, out) = ctk(&host, &["device", "revoke", &c.id, "1"]);
+    assert!(
+        ok && out.contains("revoked") && out.contains("file descriptors"),
+        "{what}: {out}"
+    );
+    assert_eq!(
+        verdicts(&c, &host),
+        ["ENXIO", "EPERM", "EPERM"],
+        "{what}: after revoke"
+    );
+    let (_, policy) = ctk(&host, &["policy", "show", "--json"]);
+    let revoked = format!("c {}:1 rwm", host.chip_major);
+    assert!(
+        policy.contains(&format!("\"revoked\": [\n      \"{revoked}\"")),
+        "{what}: {policy}"
+    );
+    let (ok, out) = ctk(&host, &["device", "revoke", &c.id, "1"]);
+    assert!(ok && out.contains("no change"), "{what}: {out}");
+
+    let (ok, out) = ctk(&host, &["device", "restore", &c.id, "1"]);
+    assert!(ok && out.contains("restored"), "{what}: {out}");
+    assert_eq!(
+        verdicts(&c, &host),
+        ["ENXIO", "ENXIO", "EPERM"],
+        "{what}: after restore"
+    );
+
+    // Only original grants come back.
+    let (ok, out) = ctk(&host, &["device", "restore", &c.id, "2"]);
+    assert!(!ok && out.contains("never granted"), "{what}: {out}");
+    assert_eq!(
+        verdicts(&c, &host),
+        ["ENXIO", "ENXIO", "EPERM"],
+        "{what}: after refused restore"
+    );
+    let (ok, out) = ctk(&host, &["device", "revoke", "no-such-container", "0"]);
+    assert!(!ok && out.contains("no-such-container"), "{what}: {out}");
+}
+
+#[test]
+fn revoke_and_restore_live() {
+    if can_run() {
+        each_cgroup_mode(|place, mode| revoke_and_restore(place, mode, false));
+    }
+}
+
+#[test]
+fn revoke_in_an_allow_all_cgroup() {
+    if can_run() {
+        revoke_and_restore(Place::Host, "cgroup v1", true);
+    }
+}
