@@ -12,6 +12,7 @@
 //!   command line; [`mounts`]: driver mounts inside the rootfs; [`state`]: per-container
 //!   records; [`shim`] and [`hook`]: what each binary does; [`logging`]; [`error`].
 pub mod args;
+pub mod cdi;
 pub mod cgroup;
 pub mod config;
 pub mod devices;

@@ -6,6 +6,9 @@
 //! - `ASCEND_RUNTIME_OPTIONS`: comma list of `NODRV`, `VIRTUAL`.
 //! - `ASCEND_RUNTIME_MOUNTS`: comma list of mount-list names (default `base`).
 //! - `ASCEND_ALLOW_LINK`: `True` allows symlinked mount sources.
+//! - `ASCEND_CDI_NPU_<N>=<N>`: set by each device of our CDI spec (CDI merges env entries, so
+//!   per-device variables accumulate where one list would be overwritten); joined with any
+//!   `ASCEND_VISIBLE_DEVICES` list.
 //!
 //! Every error names the variable and the offending item.
 
@@ -13,6 +16,8 @@ pub const VISIBLE_DEVICES: &str = "ASCEND_VISIBLE_DEVICES";
 pub const RUNTIME_OPTIONS: &str = "ASCEND_RUNTIME_OPTIONS";
 pub const RUNTIME_MOUNTS: &str = "ASCEND_RUNTIME_MOUNTS";
 pub const ALLOW_LINK: &str = "ASCEND_ALLOW_LINK";
+/// Prefix of the per-device variables our CDI spec sets.
+pub const CDI_NPU_PREFIX: &str = "ASCEND_CDI_NPU_";
 
 /// Highest NPU index accepted; bounds range expansion long before memory matters.
 pub const MAX_INDEX: u32 = 65535;
@@ -60,9 +65,19 @@ pub fn env_value<'a>(env: &'a [String], name: &str) -> Option<&'a str> {
 impl Request {
     /// Parses the request in `env`; `Ok(None)` for a container that asked for no NPU.
     pub fn from_env(env: &[String]) -> Result<Option<Self>, RequestError> {
-        let devices = match env_value(env, VISIBLE_DEVICES) {
-            None | Some("") | Some("void") => return Ok(None),
-            Some(value) => parse_devices(value)?,
+        let cdi = cdi_devices(env)?;
+        let devices = match (env_value(env, VISIBLE_DEVICES), cdi.is_empty()) {
+            (None | Some("") | Some("void"), true) => return Ok(None),
+            (None | Some("") | Some("void"), false) => Selection::Indices(cdi),
+            (Some(value), _) => match parse_devices(value)? {
+                Selection::All => Selection::All,
+                Selection::Indices(mut v) => {
+                    v.extend(cdi);
+                    v.sort_unstable();
+                    v.dedup();
+                    Selection::Indices(v)
+                }
+            },
         };
         let mut request = Self {
             devices,
@@ -121,6 +136,32 @@ impl Request {
         };
         Ok(Some(request))
     }
+}
+
+/// Indices named by `ASCEND_CDI_NPU_<N>=<N>` entries, sorted; each value must repeat its name.
+fn cdi_devices(env: &[String]) -> Result<Vec<u32>, RequestError> {
+    let mut out = Vec::new();
+    for entry in env {
+        let Some((name, value)) = entry.split_once('=') else {
+            continue;
+        };
+        let Some(suffix) = name.strip_prefix(CDI_NPU_PREFIX) else {
+            continue;
+        };
+        match (parse_index(suffix), parse_index(value)) {
+            (Some(a), Some(b)) if a == b => out.push(a),
+            _ => {
+                return Err(RequestError {
+                    var: CDI_NPU_PREFIX,
+                    value: entry.clone(),
+                    reason: "expected ASCEND_CDI_NPU_<N>=<N>".into(),
+                });
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
 }
 
 fn error(var: &'static str, value: &str, reason: String) -> RequestError {
@@ -321,6 +362,34 @@ mod tests {
         assert!(r("True").unwrap().unwrap().allow_link);
         assert!(!r("False").unwrap().unwrap().allow_link);
         assert_eq!(r("yes").unwrap_err().var, ALLOW_LINK);
+    }
+
+    #[test]
+    fn cdi_variables_accumulate() {
+        let e = env(&[
+            ("ASCEND_CDI_NPU_3", "3"),
+            ("PATH", "/bin"),
+            ("ASCEND_CDI_NPU_1", "1"),
+        ]);
+        assert_eq!(
+            Request::from_env(&e).unwrap().unwrap().devices,
+            Selection::Indices(vec![1, 3])
+        );
+        let e = env(&[("ASCEND_CDI_NPU_1", "1"), (VISIBLE_DEVICES, "0,1")]);
+        assert_eq!(
+            Request::from_env(&e).unwrap().unwrap().devices,
+            Selection::Indices(vec![0, 1])
+        );
+        for bad in [
+            ("ASCEND_CDI_NPU_1", "2"),
+            ("ASCEND_CDI_NPU_x", "x"),
+            ("ASCEND_CDI_NPU_1", ""),
+        ] {
+            assert_eq!(
+                Request::from_env(&env(&[bad])).unwrap_err().var,
+                CDI_NPU_PREFIX
+            );
+        }
     }
 
     #[test]

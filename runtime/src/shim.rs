@@ -111,9 +111,11 @@ pub fn edit_spec(
 /// container asks for NPUs. A container without a request is not rewritten at all.
 pub fn prepare_bundle(config: &Config, bundle: &Path) -> Result<bool, Error> {
     let (path, bytes) = Spec::read_bytes(bundle)?;
-    // Most containers on a host are not NPU containers: without the variable's name anywhere
-    // in the file there is no request, and no need to parse it.
-    if !contains(&bytes, crate::request::VISIBLE_DEVICES.as_bytes()) {
+    // Most containers on a host are not NPU containers: without a request variable's name
+    // anywhere in the file there is no request, and no need to parse it.
+    if !contains(&bytes, crate::request::VISIBLE_DEVICES.as_bytes())
+        && !contains(&bytes, crate::request::CDI_NPU_PREFIX.as_bytes())
+    {
         return Ok(false);
     }
     let mut spec = Spec::parse(&bytes, path)?;

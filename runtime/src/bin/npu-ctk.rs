@@ -3,6 +3,7 @@ use std::{io::Write, path::PathBuf, process::ExitCode};
 
 use clap::{CommandFactory, Parser, Subcommand};
 use npu_runtime::{
+    cdi,
     config::Config,
     devices::HostDevices,
     doctor,
@@ -49,6 +50,11 @@ enum Command {
         /// Print JSON instead of a table
         #[arg(long)]
         json: bool,
+    },
+    /// Container Device Interface specs
+    Cdi {
+        #[command(subcommand)]
+        command: CdiCommand,
     },
     /// Take an NPU away from a running container, or give it back, without a restart
     Device {
@@ -118,6 +124,22 @@ enum HookCommand {
 }
 
 #[derive(Subcommand)]
+enum CdiCommand {
+    /// Write a CDI spec for this host's NPUs (one device per index, and "all")
+    Generate {
+        /// Where to write it (default: standard output); e.g. /etc/cdi/ascend.json
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// The CDI kind
+        #[arg(long, default_value = cdi::DEFAULT_KIND)]
+        vendor_class: String,
+        /// Path of npu-container-hook (default: next to npu-ctk)
+        #[arg(long, value_name = "PATH")]
+        hook_path: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 enum DeviceCommand {
     /// Deny the container NPU N from its next open or mknod on (file descriptors it already
     /// holds stay open: no device cgroup can revoke those)
@@ -152,6 +174,21 @@ fn main() -> ExitCode {
 
 fn load_config() -> Result<Config, Error> {
     Ok(Config::load()?)
+}
+
+/// The environment our hook runs with when an engine starts it from a hooks.d or CDI file:
+/// a PATH, and this configuration file if one is named.
+fn hook_env() -> Vec<String> {
+    let mut env =
+        vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()];
+    if let Some(cfg) = std::env::var_os(npu_runtime::config::PATH_ENV) {
+        env.push(format!(
+            "{}={}",
+            npu_runtime::config::PATH_ENV,
+            cfg.to_string_lossy()
+        ));
+    }
+    env
 }
 
 /// A binary installed next to npu-ctk.
@@ -223,6 +260,31 @@ fn run(cli: Cli) -> Result<(), Error> {
                 print("restart the engine (or reload its configuration) to apply".into());
             }
         }
+        Command::Cdi {
+            command:
+                CdiCommand::Generate {
+                    output,
+                    vendor_class,
+                    hook_path,
+                },
+        } => {
+            let config = load_config()?;
+            let hook = match hook_path {
+                Some(p) => p,
+                None => sibling(shim::HOOK_BINARY)?,
+            };
+            let spec = cdi::generate(&config, &vendor_class, &hook, &hook_env())?;
+            match output {
+                Some(path) => {
+                    std::fs::write(&path, json(&spec) + "\n").map_err(|source| Error::Stdio {
+                        what: "write the CDI spec",
+                        source,
+                    })?;
+                    print(format!("wrote {}", path.display()));
+                }
+                None => print(json(&spec)),
+            }
+        }
         Command::Device { command } => {
             let config = load_config()?;
             let (id, npu, allow) = match command {
@@ -257,17 +319,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 Some(p) => p,
                 None => sibling(shim::HOOK_BINARY)?,
             };
-            let mut env = vec![
-                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
-            ];
-            if let Some(cfg) = std::env::var_os(npu_runtime::config::PATH_ENV) {
-                env.push(format!(
-                    "{}={}",
-                    npu_runtime::config::PATH_ENV,
-                    cfg.to_string_lossy()
-                ));
-            }
-            for path in hooksd::install(&hooks_dir, &hook, &env)? {
+            for path in hooksd::install(&hooks_dir, &hook, &hook_env())? {
                 print(format!("wrote {}", path.display()));
             }
         }

@@ -1,0 +1,96 @@
+//! `npu-ctk cdi generate`: a Container Device Interface spec for this host's NPUs, for
+//! engines that inject devices themselves (`podman run --device ascend.com/npu=1`).
+//!
+//! One device per NPU (named by index) and `all`. Each device adds its node and
+//! `ASCEND_CDI_NPU_<N>=<N>` (CDI merges env entries, so several devices accumulate); the common
+//! edits add the management nodes, the driver mounts of the `base` list (read-only), and our
+//! hook for createRuntime and poststop, so the guard confines the container to exactly the
+//! devices it was given. `NODRV` tells the hook the engine already did the mounts.
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use crate::{
+    config::Config,
+    devices::{DeviceNode, HostDevices},
+    error::Error,
+    mounts, request,
+};
+
+/// CDI version written: the newest one Podman 4.x reads with every field used here.
+pub const CDI_VERSION: &str = "0.5.0";
+pub const DEFAULT_KIND: &str = "ascend.com/npu";
+
+fn node(container_path: &Path, n: &DeviceNode) -> Value {
+    json!({
+        "path": container_path,
+        "hostPath": n.path,
+        "type": n.dev_type.letter().to_string(),
+        "major": n.major,
+        "minor": n.minor,
+        "fileMode": n.mode,
+        "permissions": "rwm",
+        "uid": n.uid,
+        "gid": n.gid,
+    })
+}
+
+/// The CDI spec for this host. `hook` is the npu-container-hook binary, `hook_env` its
+/// environment.
+pub fn generate(
+    config: &Config,
+    kind: &str,
+    hook: &Path,
+    hook_env: &[String],
+) -> Result<Value, Error> {
+    let host = HostDevices::discover(config)?;
+    if let Some(path) = host.missing_management.first() {
+        return Err(crate::devices::DeviceError::MissingManagement { path: path.clone() }.into());
+    }
+    let dev = Path::new("/dev");
+    let mut devices: Vec<Value> = host
+        .chips
+        .iter()
+        .map(|(i, n)| {
+            json!({
+                "name": i.to_string(),
+                "containerEdits": {
+                    "deviceNodes": [node(&dev.join(&n.name), n)],
+                    "env": [format!("{}{i}={i}", request::CDI_NPU_PREFIX)],
+                },
+            })
+        })
+        .collect();
+    devices.push(json!({
+        "name": "all",
+        "containerEdits": {
+            "deviceNodes": host.chips.values().map(|n| node(&dev.join(&n.name), n)).collect::<Vec<_>>(),
+            "env": [format!("{}=all", request::VISIBLE_DEVICES)],
+        },
+    }));
+    let mut mount_list = Vec::new();
+    for path in mounts::read_lists(&config.mount_list_dir, &["base".into()], false)? {
+        let host_path = config
+            .driver_root
+            .join(path.strip_prefix("/").unwrap_or(&path));
+        if host_path.exists() {
+            mount_list.push(json!({
+                "hostPath": host_path,
+                "containerPath": path,
+                "options": ["ro", "nosuid", "nodev", "bind"],
+            }));
+        }
+    }
+    let hook_entry = |hook_name: &str, stage: &str| json!({"hookName": hook_name, "path": hook, "args": ["npu-container-hook", stage], "env": hook_env});
+    Ok(json!({
+        "cdiVersion": CDI_VERSION,
+        "kind": kind,
+        "devices": devices,
+        "containerEdits": {
+            "env": [format!("{}=NODRV", request::RUNTIME_OPTIONS)],
+            "deviceNodes": host.management.iter().map(|n| node(&dev.join(&n.name), n)).collect::<Vec<_>>(),
+            "mounts": mount_list,
+            "hooks": [hook_entry("createRuntime", "create-runtime"), hook_entry("poststop", "poststop")],
+        },
+    }))
+}
