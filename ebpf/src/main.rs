@@ -13,14 +13,17 @@
 #![no_main]
 
 use aya_ebpf::{
-    btf_maps::{Array, PerCpuHashMap},
-    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id},
+    btf_maps::{Array, PerCpuHashMap, RingBuf},
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
+        bpf_get_current_pid_tgid,
+    },
     macros::{btf_map, cgroup_device},
     programs::DeviceContext,
 };
 use npu_guard_common::{
-    ClassValue, ContainerKey, ContainerStats, GrantKey, GrantValue, MAX_CGROUP_DEPTH,
-    MAX_CONTAINERS, MAX_GRANTS, MAX_MAJORS,
+    ClassValue, ContainerKey, ContainerStats, DENIALS_BYTES, DenialEvent, GrantKey, GrantValue,
+    MAX_CGROUP_DEPTH, MAX_CONTAINERS, MAX_GRANTS, MAX_MAJORS,
 };
 
 const ALLOW: i32 = 1;
@@ -38,6 +41,20 @@ static CONTAINERS: PerCpuHashMap<ContainerKey, ContainerStats, MAX_CONTAINERS> =
 #[btf_map(name = "npu_grants")]
 static GRANTS: PerCpuHashMap<GrantKey, GrantValue, MAX_GRANTS> = PerCpuHashMap::new();
 
+/// Denied accesses to guarded devices, for `npu-ctk monitor`. Written only on denials, so
+/// allowed accesses pay nothing for it; a full buffer drops events (the counters still count).
+#[btf_map(name = "npu_denials")]
+static DENIALS: RingBuf<DenialEvent, DENIALS_BYTES> = RingBuf::new();
+
+/// What was asked for, carried to the verdict functions.
+#[derive(Clone, Copy)]
+struct Request {
+    dev_type: u32,
+    major: u32,
+    minor: u32,
+    access: u32,
+}
+
 #[cgroup_device]
 pub fn npu_dev_guard(ctx: DeviceContext) -> i32 {
     // SAFETY: the kernel hands every cgroup device program a valid, readable bpf_cgroup_dev_ctx.
@@ -48,6 +65,12 @@ pub fn npu_dev_guard(ctx: DeviceContext) -> i32 {
     if !guarded {
         return ALLOW;
     }
+    let req = Request {
+        dev_type,
+        major: dev.major,
+        minor: dev.minor,
+        access,
+    };
     let grant_of = |cgroup_id: u64| {
         GRANTS.get_ptr_mut(GrantKey {
             cgroup_id,
@@ -62,37 +85,61 @@ pub fn npu_dev_guard(ctx: DeviceContext) -> i32 {
     // Fast path: grants exist only for registered containers, so a grant of the task's own
     // cgroup makes that cgroup the deepest registered one.
     if let Some(grant) = grant_of(current) {
-        return verdict(grant, access, current);
+        return verdict(grant, &req, current);
     }
     let Some(owner) = owning_container(current) else {
+        report(&req, current, false);
         return DENY;
     };
     match grant_of(owner) {
-        Some(grant) => verdict(grant, access, owner),
-        None => deny(owner),
+        Some(grant) => verdict(grant, &req, owner),
+        None => deny(&req, owner),
     }
 }
 
 #[inline(always)]
-fn verdict(grant: *mut GrantValue, access: u32, owner: u64) -> i32 {
+fn verdict(grant: *mut GrantValue, req: &Request, owner: u64) -> i32 {
     // SAFETY: `grant` came from a per-CPU map lookup: this CPU's slot, valid for this
     // invocation and written by no other CPU.
     unsafe {
-        if access & !(*grant).access == 0 {
+        if req.access & !(*grant).access == 0 {
             (*grant).allowed += 1;
             return ALLOW;
         }
     }
-    deny(owner)
+    deny(req, owner)
 }
 
 #[inline(always)]
-fn deny(owner: u64) -> i32 {
+fn deny(req: &Request, owner: u64) -> i32 {
     if let Some(stats) = CONTAINERS.get_ptr_mut(ContainerKey { cgroup_id: owner }) {
         // SAFETY: this CPU's slot of a per-CPU map value, valid for this invocation.
         unsafe { (*stats).denied += 1 };
     }
+    report(req, owner, true);
     DENY
+}
+
+/// Puts a denial on the ring buffer (dropped if the buffer is full).
+#[inline(always)]
+fn report(req: &Request, cgroup_id: u64, owned: bool) {
+    let Some(mut entry) = DENIALS.reserve(0) else {
+        return;
+    };
+    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    // The upper half of pid_tgid is the thread group id (the "pid" users know).
+    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    entry.write(DenialEvent {
+        cgroup_id,
+        dev_type: req.dev_type,
+        major: req.major,
+        minor: req.minor,
+        access: req.access,
+        pid,
+        owned: owned as u32,
+        comm,
+    });
+    entry.submit(0);
 }
 
 /// The deepest registered cgroup among the current task's cgroup and its ancestors.

@@ -26,6 +26,7 @@ pub mod hooksd;
 pub mod isolation;
 pub mod live;
 pub mod logging;
+pub mod monitor;
 pub mod mounts;
 pub mod policy;
 pub mod request;

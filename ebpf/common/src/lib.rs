@@ -18,6 +18,7 @@ pub const ACC_ALL: u32 = ACC_MKNOD | ACC_READ | ACC_WRITE;
 pub const MAP_CLASSES: &str = "npu_classes";
 pub const MAP_CONTAINERS: &str = "npu_containers";
 pub const MAP_GRANTS: &str = "npu_grants";
+pub const MAP_DENIALS: &str = "npu_denials";
 /// Program name as `bpftool cgroup show` prints it.
 pub const PROGRAM_NAME: &str = "npu_dev_guard";
 
@@ -25,6 +26,9 @@ pub const PROGRAM_NAME: &str = "npu_dev_guard";
 pub const MAX_MAJORS: usize = 4096;
 pub const MAX_CONTAINERS: usize = 16384;
 pub const MAX_GRANTS: usize = 131072;
+/// Size of the denial ring buffer (a power-of-two number of pages).
+pub const DENIALS_BYTES: usize = 256 * 1024;
+
 /// Deepest cgroup level the program inspects when it looks for the owning container.
 pub const MAX_CGROUP_DEPTH: i32 = 32;
 
@@ -82,6 +86,24 @@ pub struct GrantValue {
     pub allowed: u64,
 }
 
+/// One denied access to a guarded device, as the ring buffer carries it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DenialEvent {
+    /// The owning container's cgroup, or the task's own when no container owns it.
+    pub cgroup_id: u64,
+    pub dev_type: u32,
+    pub major: u32,
+    pub minor: u32,
+    /// `ACC_*` bits requested.
+    pub access: u32,
+    /// Thread group id of the task.
+    pub pid: u32,
+    /// 1 if `cgroup_id` is a registered container, 0 if no container owns the task.
+    pub owned: u32,
+    pub comm: [u8; 16],
+}
+
 #[cfg(feature = "user")]
 mod user {
     use super::*;
@@ -93,6 +115,7 @@ mod user {
     unsafe impl aya::Pod for ContainerStats {}
     unsafe impl aya::Pod for GrantKey {}
     unsafe impl aya::Pod for GrantValue {}
+    unsafe impl aya::Pod for DenialEvent {}
 }
 
 #[cfg(test)]
@@ -107,6 +130,7 @@ mod tests {
         assert_eq!(size_of::<ContainerStats>(), 8);
         assert_eq!(size_of::<GrantKey>(), 24);
         assert_eq!(size_of::<GrantValue>(), 16);
+        assert_eq!(size_of::<DenialEvent>(), 48);
     }
 
     #[test]
@@ -120,7 +144,13 @@ mod tests {
 
     #[test]
     fn map_names_fit_the_kernel_limit() {
-        for name in [MAP_CLASSES, MAP_CONTAINERS, MAP_GRANTS, PROGRAM_NAME] {
+        for name in [
+            MAP_CLASSES,
+            MAP_CONTAINERS,
+            MAP_GRANTS,
+            MAP_DENIALS,
+            PROGRAM_NAME,
+        ] {
             assert!(
                 name.len() <= 15,
                 "{name} is longer than BPF_OBJ_NAME_LEN - 1"

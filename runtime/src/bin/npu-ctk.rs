@@ -9,7 +9,7 @@ use npu_runtime::{
     doctor,
     engines::{self, Engine},
     error::Error,
-    gc, hooksd, live, policy, shim,
+    gc, hooksd, live, monitor, policy, shim,
 };
 
 #[derive(Parser)]
@@ -65,6 +65,13 @@ enum Command {
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+    /// Print every denied access to a guarded device as it happens, resolved to container and
+    /// NPU, until Ctrl-C
+    Monitor {
+        /// One JSON object per line instead of text
+        #[arg(long)]
+        json: bool,
     },
     /// Remove grants, records and pins of containers whose cgroup is gone
     Gc {
@@ -458,6 +465,10 @@ fn run(cli: Cli) -> Result<(), Error> {
                     }
                 }
             }
+        }
+        Command::Monitor { json: as_json } => {
+            let config = load_config()?;
+            monitor::run(&config, as_json, &mut std::io::stdout())?;
         }
         Command::Gc { json: as_json } => {
             let config = load_config()?;

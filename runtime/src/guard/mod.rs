@@ -21,7 +21,7 @@ use aya::{
 };
 use npu_guard_common::{
     ClassValue, ContainerKey, ContainerStats, GrantKey, GrantValue, MAP_CLASSES, MAP_CONTAINERS,
-    MAP_GRANTS, MAX_MAJORS, PROGRAM_NAME,
+    MAP_DENIALS, MAP_GRANTS, MAX_MAJORS, PROGRAM_NAME,
 };
 
 use crate::devices::{Access, DevType, DeviceClass, Grant};
@@ -407,6 +407,14 @@ fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
     }
 }
 
+/// The denial ring buffer pinned for program `version`.
+pub fn open_denials(
+    bpf_dir: &Path,
+    version: &str,
+) -> Result<aya::maps::RingBuf<MapData>, GuardError> {
+    open_map(&bpf_dir.join(version), MAP_DENIALS)
+}
+
 fn open_map<T>(dir: &Path, name: &'static str) -> Result<T, GuardError>
 where
     T: TryFrom<Map, Error = MapError>,
@@ -431,7 +439,7 @@ fn load_and_pin(dir: &Path) -> Result<(), GuardError> {
     };
     std::fs::create_dir_all(dir).map_err(bpffs_error)?;
     // Leftover map pins of a load that died before pinning the program: unused, replace them.
-    for name in [MAP_CLASSES, MAP_CONTAINERS, MAP_GRANTS] {
+    for name in [MAP_CLASSES, MAP_CONTAINERS, MAP_GRANTS, MAP_DENIALS] {
         match std::fs::remove_file(dir.join(name)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(bpffs_error(e)),
             _ => {}
@@ -440,7 +448,7 @@ fn load_and_pin(dir: &Path) -> Result<(), GuardError> {
     let mut ebpf = aya::EbpfLoader::new()
         .load(OBJECT)
         .map_err(|e| GuardError::Load(Box::new(e)))?;
-    for name in [MAP_CLASSES, MAP_CONTAINERS, MAP_GRANTS] {
+    for name in [MAP_CLASSES, MAP_CONTAINERS, MAP_GRANTS, MAP_DENIALS] {
         let path = dir.join(name);
         ebpf.map(name)
             .ok_or(GuardError::Missing(name))?

@@ -1,0 +1,210 @@
+//! `npu-ctk monitor`: one line per denied access to a guarded device, as it happens, read from
+//! the guard's ring buffer and resolved to container id and NPU. Follows every pinned program
+//! version, including ones pinned after it started (a program upgrade), until Ctrl-C.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::Write,
+    os::unix::fs::MetadataExt,
+    time::Duration,
+};
+
+use npu_guard_common::DenialEvent;
+use serde::Serialize;
+use tokio::{io::unix::AsyncFd, sync::mpsc};
+
+use crate::{
+    config::Config,
+    devices::{Access, DevType, HostDevices},
+    error::Error,
+    guard, state,
+};
+
+/// A denial, resolved for people.
+#[derive(Debug, Serialize)]
+pub struct Denial {
+    /// Container id from the runtime's records; `None` when no container owns the task.
+    pub container: Option<String>,
+    pub cgroup_id: u64,
+    /// NPU index when the device is an NPU chip.
+    pub npu: Option<u32>,
+    /// Device name under dev_root, when the host has the node.
+    pub device: Option<String>,
+    pub dev_type: char,
+    pub major: u32,
+    pub minor: u32,
+    /// Requested access, `rwm` letters.
+    pub access: String,
+    pub pid: u32,
+    pub comm: String,
+}
+
+impl std::fmt::Display for Denial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let container = self.container.as_deref().unwrap_or("(none)");
+        write!(f, "DENIED container={container} ")?;
+        if let Some(npu) = self.npu {
+            write!(f, "npu={npu} ")?;
+        }
+        let device = self.device.as_deref().unwrap_or("?");
+        write!(
+            f,
+            "device={device} ({} {}:{}) access={} pid={} comm={}",
+            self.dev_type, self.major, self.minor, self.access, self.pid, self.comm
+        )
+    }
+}
+
+/// Turns raw events into [`Denial`]s, reloading records for cgroups it does not know yet.
+struct Resolver<'a> {
+    config: &'a Config,
+    host: HostDevices,
+    containers: BTreeMap<u64, String>,
+}
+
+impl Resolver<'_> {
+    fn reload(&mut self) {
+        self.containers = state::list(&self.config.state_dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.enforced.cgroup_id.map(|id| (id, r.id)))
+            .collect();
+    }
+
+    fn resolve(&mut self, e: &DenialEvent) -> Denial {
+        if e.owned != 0 && !self.containers.contains_key(&e.cgroup_id) {
+            self.reload();
+        }
+        let dev_type = DevType::from_bpf(e.dev_type).unwrap_or(DevType::Char);
+        let is = |n: &&crate::devices::DeviceNode| {
+            n.dev_type == dev_type && n.major == e.major && n.minor == e.minor
+        };
+        let npu = self.host.chips.iter().find(|(_, n)| is(n)).map(|(i, _)| *i);
+        let device = self
+            .host
+            .guarded_nodes
+            .iter()
+            .find(is)
+            .map(|n| n.name.clone());
+        let comm_len = e.comm.iter().position(|b| *b == 0).unwrap_or(e.comm.len());
+        Denial {
+            container: self
+                .containers
+                .get(&e.cgroup_id)
+                .cloned()
+                .filter(|_| e.owned != 0),
+            cgroup_id: e.cgroup_id,
+            npu,
+            device,
+            dev_type: dev_type.letter(),
+            major: e.major,
+            minor: e.minor,
+            access: Access::from_bits(e.access).to_string(),
+            pid: e.pid,
+            comm: String::from_utf8_lossy(&e.comm[..comm_len]).into_owned(),
+        }
+    }
+}
+
+/// Reads one version's ring buffer until the receiver goes away.
+async fn follow(
+    mut ring: AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
+    tx: mpsc::UnboundedSender<DenialEvent>,
+) {
+    loop {
+        let Ok(mut ready) = ring.readable_mut().await else {
+            return;
+        };
+        let ring = ready.get_inner_mut();
+        while let Some(item) = ring.next() {
+            if item.len() >= std::mem::size_of::<DenialEvent>() {
+                // SAFETY: the program writes whole `DenialEvent`s (a #[repr(C)] plain-data
+                // type) into the ring; the item is at least that long, and read_unaligned
+                // makes no alignment assumption.
+                let event =
+                    unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DenialEvent>()) };
+                if tx.send(event).is_err() {
+                    return;
+                }
+            }
+        }
+        ready.clear_ready();
+    }
+}
+
+/// Prints denials to `out` (text or JSON lines) until Ctrl-C / SIGTERM.
+pub fn run(config: &Config, json: bool, out: &mut impl Write) -> Result<(), Error> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Stdio {
+            what: "start the event loop",
+            source,
+        })?;
+    runtime.block_on(async {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut followed = BTreeSet::new();
+        let mut resolver = Resolver {
+            config,
+            host: HostDevices::discover(config)?,
+            containers: BTreeMap::new(),
+        };
+        resolver.reload();
+        let mut rescan = tokio::time::interval(Duration::from_secs(1));
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|source| Error::Stdio {
+                what: "watch for SIGTERM",
+                source,
+            })?;
+        let mut announced = false;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+                _ = rescan.tick() => {
+                    for version in guard::versions(&config.bpf_dir).unwrap_or_default() {
+                        // A pin is followed once, whatever its directory is called now: a
+                        // program pinned afresh (an upgrade) is a new inode.
+                        let pin = config.bpf_dir.join(&version).join(npu_guard_common::MAP_DENIALS);
+                        let Ok(inode) = std::fs::metadata(&pin).map(|m| m.ino()) else {
+                            continue;
+                        };
+                        if followed.contains(&inode) {
+                            continue;
+                        }
+                        let ring = guard::open_denials(&config.bpf_dir, &version)?;
+                        // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, for as
+                        // long as it lives, and the AsyncFd owns the RingBuf.
+                        let fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+                            .map_err(|e| Error::Stdio {
+                                what: "watch the denial ring buffer",
+                                source: e.into_parts().1,
+                            })?;
+                        tokio::spawn(follow(fd, tx.clone()));
+                        followed.insert(inode);
+                    }
+                    if !announced {
+                        eprintln!(
+                            "npu-ctk monitor: following {} program version(s) under {}; Ctrl-C to stop",
+                            followed.len(),
+                            config.bpf_dir.display()
+                        );
+                        announced = true;
+                    }
+                }
+                Some(event) = rx.recv() => {
+                    let denial = resolver.resolve(&event);
+                    let line = if json {
+                        serde_json::to_string(&denial).expect("serializable")
+                    } else {
+                        denial.to_string()
+                    };
+                    if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+                        // The reader went away (a closed pipe): stop quietly.
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    })
+}
