@@ -813,3 +813,15 @@ pub fn each_cgroup_mode(test: impl Fn(Place<'_>, &str)) {
     test(Place::V2(&ns), "cgroup v2");
     test(Place::Host, "cgroup v1");
 }
+
+/// Runs `npu-ctk` with `host`'s configuration; returns success and stdout + stderr.
+pub fn npu_ctk(host: &FakeHost, args: &[&str]) -> (bool, String) {
+    let out = Command::new(bin("npu-ctk"))
+        .env(npu_runtime::config::PATH_ENV, &host.config_path)
+        .args(args)
+        .output()
+        .expect("npu-ctk");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}

@@ -192,17 +192,6 @@ fn gc_removes_only_what_is_dead() {
     assert!(again.starts_with("removed 0 record(s), 0 map"), "{again}");
 }
 
-fn ctk_out(host: &FakeHost, args: &[&str]) -> (bool, String) {
-    let out = Command::new(bin("npu-ctk"))
-        .env(PATH_ENV, &host.config_path)
-        .args(args)
-        .output()
-        .unwrap();
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
-}
-
 #[test]
 fn runtime_configure_cli() {
     let host = FakeHost::new(1);
@@ -221,7 +210,7 @@ fn runtime_configure_cli() {
 
     let mut dry = base.to_vec();
     dry.push("--dry-run");
-    let (ok, out) = ctk_out(&host, &dry);
+    let (ok, out) = npu_tests::npu_ctk(&host, &dry);
     assert!(
         ok && out.contains("+    \"npu\"") && out.contains("dry run"),
         "{out}"
@@ -231,7 +220,7 @@ fn runtime_configure_cli() {
         "{\n  \"debug\": true\n}\n"
     );
 
-    let (ok, out) = ctk_out(&host, &base);
+    let (ok, out) = npu_tests::npu_ctk(&host, &base);
     assert!(
         ok && out.contains("updated") && out.contains("daemon.json.npu-ctk.bak"),
         "{out}"
@@ -243,10 +232,10 @@ fn runtime_configure_cli() {
         "/opt/npu/npu-container-runtime"
     );
     assert_eq!(v["debug"], true);
-    let (ok, out) = ctk_out(&host, &base);
+    let (ok, out) = npu_tests::npu_ctk(&host, &base);
     assert!(ok && out.contains("no change"), "{out}");
 
-    let (ok, out) = ctk_out(
+    let (ok, out) = npu_tests::npu_ctk(
         &host,
         &[
             "runtime",
@@ -263,7 +252,7 @@ fn runtime_configure_cli() {
 
     // A malformed file: a clear error naming it, and the file untouched.
     std::fs::write(&daemon, "{ not json").unwrap();
-    let (ok, out) = ctk_out(&host, &base);
+    let (ok, out) = npu_tests::npu_ctk(&host, &base);
     assert!(
         !ok && out.contains("daemon.json") && out.contains("not valid JSON"),
         "{out}"
@@ -278,7 +267,7 @@ fn hook_install_and_doctor() {
     }
     let host = FakeHost::new(2);
     let hooks = host.dir.path().join("hooks.d");
-    let (ok, out) = ctk_out(
+    let (ok, out) = npu_tests::npu_ctk(
         &host,
         &["hook", "install", "--hooks-dir", hooks.to_str().unwrap()],
     );
@@ -302,7 +291,7 @@ fn hook_install_and_doctor() {
 
     // The fake host has every device: only warnings (program not loaded yet, engines not
     // configured), so doctor passes; each line carries a verdict.
-    let (ok, out) = ctk_out(&host, &["doctor"]);
+    let (ok, out) = npu_tests::npu_ctk(&host, &["doctor"]);
     assert!(ok, "{out}");
     assert!(out.contains("[ ok ] NPUs: 2 found (0-1)"), "{out}");
     assert!(
@@ -316,7 +305,7 @@ fn hook_install_and_doctor() {
     );
     // Without its management devices, the host fails the check, with the fix.
     std::fs::remove_file(host.node("hisi_hdc")).unwrap();
-    let (ok, out) = ctk_out(&host, &["doctor"]);
+    let (ok, out) = npu_tests::npu_ctk(&host, &["doctor"]);
     assert!(
         !ok && out.contains("[FAIL] management devices: missing:") && out.contains("hisi_hdc"),
         "{out}"

@@ -1,8 +1,6 @@
 //! Live revoke and restore (`npu-ctk device revoke|restore`) on running containers, on pure
 //! cgroup v2 and on cgroup v1 (deny-all and allow-all device cgroups).
-use std::process::Command;
 
-use npu_runtime::config::PATH_ENV;
 use npu_tests::{
     FakeHost, Place, RuncContainer, bin, each_cgroup_mode, have_tool, require, require_root,
 };
@@ -12,17 +10,6 @@ fn can_run() -> bool {
         && require("runc", have_tool("runc"))
         && require("busybox", have_tool("busybox"))
         && require("nsenter", have_tool("nsenter"))
-}
-
-fn ctk(host: &FakeHost, args: &[&str]) -> (bool, String) {
-    let out = Command::new(bin("npu-ctk"))
-        .env(PATH_ENV, &host.config_path)
-        .args(args)
-        .output()
-        .unwrap();
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
 }
 
 fn verdicts(c: &RuncContainer<'_>, host: &FakeHost) -> Vec<String> {
@@ -53,7 +40,7 @@ fn revoke_and_restore(place: Place<'_>, mode: &str, allow_all: bool) {
     let what = format!("{mode}{}", if allow_all { ", allow-all" } else { "" });
     assert_eq!(verdicts(&c, &host), ["ENXIO", "ENXIO", "EPERM"], "{what}");
 
-    let (ok, out) = ctk(&host, &["device", "revoke", &c.id, "1"]);
+    let (ok, out) = npu_tests::npu_ctk(&host, &["device", "revoke", &c.id, "1"]);
     assert!(
         ok && out.contains("revoked") && out.contains("file descriptors"),
         "{what}: {out}"
@@ -63,16 +50,16 @@ fn revoke_and_restore(place: Place<'_>, mode: &str, allow_all: bool) {
         ["ENXIO", "EPERM", "EPERM"],
         "{what}: after revoke"
     );
-    let (_, policy) = ctk(&host, &["policy", "show", "--json"]);
+    let (_, policy) = npu_tests::npu_ctk(&host, &["policy", "show", "--json"]);
     let revoked = format!("c {}:1 rwm", host.chip_major);
     assert!(
         policy.contains(&format!("\"revoked\": [\n      \"{revoked}\"")),
         "{what}: {policy}"
     );
-    let (ok, out) = ctk(&host, &["device", "revoke", &c.id, "1"]);
+    let (ok, out) = npu_tests::npu_ctk(&host, &["device", "revoke", &c.id, "1"]);
     assert!(ok && out.contains("no change"), "{what}: {out}");
 
-    let (ok, out) = ctk(&host, &["device", "restore", &c.id, "1"]);
+    let (ok, out) = npu_tests::npu_ctk(&host, &["device", "restore", &c.id, "1"]);
     assert!(ok && out.contains("restored"), "{what}: {out}");
     assert_eq!(
         verdicts(&c, &host),
@@ -81,14 +68,14 @@ fn revoke_and_restore(place: Place<'_>, mode: &str, allow_all: bool) {
     );
 
     // Only original grants come back.
-    let (ok, out) = ctk(&host, &["device", "restore", &c.id, "2"]);
+    let (ok, out) = npu_tests::npu_ctk(&host, &["device", "restore", &c.id, "2"]);
     assert!(!ok && out.contains("never granted"), "{what}: {out}");
     assert_eq!(
         verdicts(&c, &host),
         ["ENXIO", "ENXIO", "EPERM"],
         "{what}: after refused restore"
     );
-    let (ok, out) = ctk(&host, &["device", "revoke", "no-such-container", "0"]);
+    let (ok, out) = npu_tests::npu_ctk(&host, &["device", "revoke", "no-such-container", "0"]);
     assert!(!ok && out.contains("no-such-container"), "{what}: {out}");
 }
 
