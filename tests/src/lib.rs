@@ -111,6 +111,8 @@ pub struct FakeHost {
     pub mgmt_major: u32,
     /// Major of `other0`, a device outside the guarded classes.
     pub other_major: u32,
+    /// Major of the virtual NPUs `vdavinci0..chips`.
+    pub virtual_major: u32,
     pub chips: u32,
 }
 
@@ -124,7 +126,7 @@ impl FakeHost {
         let scratch = dir.path().join("scratch");
         std::fs::create_dir_all(&dev_root).unwrap();
         std::fs::create_dir_all(&scratch).unwrap();
-        let [chip_major, mgmt_major, other_major] = free_char_majors(3)[..] else {
+        let [chip_major, mgmt_major, other_major, virtual_major] = free_char_majors(4)[..] else {
             unreachable!()
         };
         let mknod = |name: &str, major: u32, minor: u32| {
@@ -138,6 +140,7 @@ impl FakeHost {
         };
         for i in 0..chips {
             mknod(&format!("davinci{i}"), chip_major, i);
+            mknod(&format!("vdavinci{i}"), virtual_major, i);
         }
         for (minor, name) in ["davinci_manager", "devmm_svm", "hisi_hdc"]
             .iter()
@@ -192,6 +195,7 @@ impl FakeHost {
             chip_major,
             mgmt_major,
             other_major,
+            virtual_major,
             chips,
         }
     }

@@ -57,6 +57,11 @@ fn devices_lists_the_nodes() {
         ("npu 0", "davinci0", format!("{}:0", host.chip_major)),
         ("npu 2", "davinci2", format!("{}:2", host.chip_major)),
         ("management", "hisi_hdc", format!("{}:2", host.mgmt_major)),
+        (
+            "virtual npu 1",
+            "vdavinci1",
+            format!("{}:1", host.virtual_major),
+        ),
     ] {
         assert!(
             text.lines()
@@ -66,7 +71,8 @@ fn devices_lists_the_nodes() {
     }
     let json: serde_json::Value =
         serde_json::from_str(&ctk(&host, &["devices", "--json"])).unwrap();
-    assert_eq!(json["devices"].as_array().unwrap().len(), 6, "{json}");
+    // 3 NPUs, 3 virtual NPUs, 3 management nodes.
+    assert_eq!(json["devices"].as_array().unwrap().len(), 9, "{json}");
     assert!(json["missing_management"].as_array().unwrap().is_empty());
 }
 

@@ -118,8 +118,8 @@ fn bad_requests_fail_closed() {
         (with("1", "ASCEND_RUNTIME_OPTIONS=NODRV,FAST"), "\"FAST\""),
         (with("1", "ASCEND_RUNTIME_OPTIONS=nodrv"), "\"nodrv\""),
         (
-            with("1", "ASCEND_RUNTIME_OPTIONS=VIRTUAL"),
-            "virtual NPU 1 does not exist",
+            with("7", "ASCEND_RUNTIME_OPTIONS=VIRTUAL"),
+            "virtual NPU 7 does not exist",
         ),
         (
             with("1", "ASCEND_RUNTIME_MOUNTS=nope"),

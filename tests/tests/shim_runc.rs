@@ -286,3 +286,47 @@ fn bpftool_shows_the_guard() {
         "{show}"
     );
 }
+
+/// `VIRTUAL`: the host's `vdavinciN` appears as `/dev/davinciN` and only it is usable (the
+/// physical chip is not); `NODRV`: devices only, no driver mounts.
+#[test]
+fn virtual_npus_without_driver_mounts() {
+    each_place(|place, mode| {
+        let host = FakeHost::new(2);
+        let c = start(
+            place,
+            &host,
+            &[
+                "ASCEND_VISIBLE_DEVICES=1",
+                "ASCEND_RUNTIME_OPTIONS=VIRTUAL,NODRV",
+            ],
+            |_| {},
+        )
+        .expect("start");
+        let (_, out) = c.sh("stat -c '%t:%T' /dev/davinci1; ls /dev");
+        let expect = format!("{:x}:1", host.virtual_major);
+        assert!(
+            out.contains(&expect),
+            "{mode}: /dev/davinci1 should be vdavinci1 ({expect}): {out}"
+        );
+        assert!(!out.contains("vdavinci"), "{mode}: {out}");
+        assert_eq!(open_verdict(&c, "/dev/davinci1"), "ENXIO", "{mode}");
+        assert_eq!(
+            c.node_verdict(host.virtual_major, 1),
+            "ENXIO",
+            "{mode}: vNPU 1"
+        );
+        assert_eq!(
+            c.node_verdict(host.virtual_major, 0),
+            "EPERM",
+            "{mode}: vNPU 0"
+        );
+        assert_eq!(
+            c.node_verdict(host.chip_major, 1),
+            "EPERM",
+            "{mode}: physical NPU 1"
+        );
+        let (ok, _) = c.sh("test -e /usr/local/Ascend/driver/version.info");
+        assert!(!ok, "{mode}: NODRV must not mount the driver");
+    });
+}
