@@ -174,16 +174,26 @@ fn stop(child: &mut Child) {
 }
 
 /// The parent cgroups an engine creates (`docker`, `libpod_parent`) and leaves behind, empty,
-/// in every hierarchy: those that did not exist before the engine ran are removed on request.
+/// in every hierarchy. Those that did not exist when this test process first looked are
+/// removed on request; the snapshot is per process, because tests run in parallel and a later
+/// fixture would otherwise take a sibling's leftovers for the host's.
 struct ParentCgroups(Vec<PathBuf>);
 
 impl ParentCgroups {
     fn snapshot(name: &str) -> Self {
+        static FIRST_SEEN: std::sync::Mutex<Vec<(String, Vec<PathBuf>)>> =
+            std::sync::Mutex::new(Vec::new());
+        let mut seen = FIRST_SEEN.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, paths)) = seen.iter().find(|(n, _)| n == name) {
+            return Self(paths.clone());
+        }
         let mut all = vec![PathBuf::from("/sys/fs/cgroup").join(name)];
         if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
             all.extend(entries.flatten().map(|e| e.path().join(name)));
         }
-        Self(all.into_iter().filter(|p| !p.exists()).collect())
+        let absent: Vec<PathBuf> = all.into_iter().filter(|p| !p.exists()).collect();
+        seen.push((name.to_string(), absent.clone()));
+        Self(absent)
     }
 
     fn remove(&self) {
