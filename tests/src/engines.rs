@@ -23,23 +23,7 @@ impl Dockerd {
     pub fn start(place: Place<'_>, host: &FakeHost) -> Self {
         let dir = host.dir.path().join(unique("docker"));
         std::fs::create_dir_all(&dir).unwrap();
-        // Engines start the runtime with their own environment: a wrapper pins our config.
-        let wrapper = dir.join("npu-runtime-wrapper");
-        std::fs::write(
-            &wrapper,
-            format!(
-                "#!/bin/sh\nexport {}={}\nexec {} \"$@\"\n",
-                npu_runtime::config::PATH_ENV,
-                host.config_path.display(),
-                bin("npu-container-runtime").display()
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(
-            &wrapper,
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .unwrap();
+        let wrapper = runtime_wrapper(&dir, host);
         let daemon_json = dir.join("daemon.json");
         run(Command::new(bin("npu-ctk"))
             .args(["runtime", "configure", "--runtime=docker", "--config"])
@@ -74,21 +58,9 @@ impl Dockerd {
             dir,
             image: "npu-busybox".into(),
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !d
-            .docker()
-            .arg("info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-        {
-            if Instant::now() > deadline || d.child.try_wait().ok().flatten().is_some() {
-                let log = std::fs::read_to_string(d.dir.join("dockerd.log")).unwrap_or_default();
-                panic!("dockerd did not come up:\n{log}");
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let mut info = d.docker();
+        info.arg("info");
+        wait_until_up(&mut d.child, &d.dir.join("dockerd.log"), info);
         let rootfs = busybox_rootfs(&d.dir.join("image"));
         let mut tar = Command::new("tar")
             .arg("-C")
@@ -155,6 +127,20 @@ impl Drop for Dockerd {
                 self.dir.display()
             ))
             .status();
+    }
+}
+
+/// Waits until `probe` succeeds against a daemon we started; panics with its log if the
+/// daemon exits or a minute passes first.
+fn wait_until_up(child: &mut Child, log: &Path, mut probe: Command) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    probe.stdout(Stdio::null()).stderr(Stdio::null());
+    while !probe.status().is_ok_and(|s| s.success()) {
+        if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("{} did not come up:\n{text}", log.display());
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -405,21 +391,9 @@ impl<'a> Containerd<'a> {
             dir,
             runtime,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !c
-            .ctr()
-            .arg("version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-        {
-            if Instant::now() > deadline || c.child.try_wait().ok().flatten().is_some() {
-                let log = std::fs::read_to_string(c.dir.join("containerd.log")).unwrap_or_default();
-                panic!("containerd did not come up:\n{log}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let mut version = c.ctr();
+        version.arg("version");
+        wait_until_up(&mut c.child, &c.dir.join("containerd.log"), version);
         c
     }
 

@@ -200,6 +200,10 @@ fn gc_removes_only_what_is_dead() {
 
 #[test]
 fn runtime_configure_cli() {
+    // The fake host's device nodes need root.
+    if !require_root() {
+        return;
+    }
     let host = FakeHost::new(1);
     let daemon = host.dir.path().join("daemon.json");
     let daemon_arg = daemon.to_str().unwrap();
