@@ -92,8 +92,9 @@ pub fn write(state_dir: &Path, record: &Record) -> Result<(), StateError> {
         .prefix(&format!("{TEMP_PREFIX}{}.", std::process::id()))
         .tempfile_in(state_dir)
         .map_err(io("create"))?;
-    serde_json::to_writer(&mut tmp, record).map_err(|e| io("write")(e.into()))?;
-    tmp.flush().map_err(io("write"))?;
+    // One write: serde_json writes token by token, a syscall each on an unbuffered file.
+    let bytes = serde_json::to_vec(record).map_err(|e| io("write")(e.into()))?;
+    tmp.write_all(&bytes).map_err(io("write"))?;
     tmp.persist(&path).map_err(|e| io("write")(e.error))?;
     Ok(())
 }

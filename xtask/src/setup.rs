@@ -29,6 +29,7 @@ pub fn all() -> Result {
     apt_packages()?;
     rust_src()?;
     bpf_linker()?;
+    musl_target()?;
     Ok(())
 }
 
@@ -70,12 +71,33 @@ fn output(cmd: &mut Command) -> Result<String> {
 }
 
 /// The host's target triple (`rustc -vV`).
-pub fn host_triple() -> Result<String> {
+fn host_triple() -> Result<String> {
     output(Command::new("rustc").arg("-vV"))?
         .lines()
         .find_map(|l| l.strip_prefix("host: "))
         .map(String::from)
         .ok_or_else(|| "rustc -vV names no host".into())
+}
+
+/// The target release binaries are built for: the host's architecture with musl, so they are
+/// static without glibc's start-up cost.
+pub fn release_target() -> Result<String> {
+    let host = host_triple()?;
+    let arch = host
+        .split('-')
+        .next()
+        .ok_or_else(|| format!("cannot tell the architecture of {host}"))?;
+    Ok(format!("{arch}-unknown-linux-musl"))
+}
+
+/// The standard library for [`release_target`] on the default toolchain.
+fn musl_target() -> Result {
+    let target = release_target()?;
+    let installed = output(Command::new("rustup").args(["target", "list", "--installed"]))?;
+    if installed.lines().any(|l| l.trim() == target) {
+        return Ok(());
+    }
+    run(Command::new("rustup").args(["target", "add", &target]))
 }
 
 fn nightly_sysroot() -> Result<PathBuf> {

@@ -31,6 +31,8 @@ fn main() {
     }
     let host = FakeHost::new(4);
     bench_mount_list(&host);
+    // Timed runs log at the default level, as in production.
+    set_log_level(&host, "info");
     println!("# npu-container-runtime benchmarks");
     println!(
         "machine: {} CPUs, kernel {}, {}",
@@ -51,6 +53,22 @@ fn main() {
     guard_cost(Place::V2(&ns), &host);
     scale(Place::V2(&ns), &host);
     memory(&host);
+}
+
+/// Rewrites the `log_level` of the host's config file.
+fn set_log_level(host: &FakeHost, level: &str) {
+    let text = std::fs::read_to_string(&host.config_path).unwrap();
+    let text: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("log_level") {
+                format!("log_level = \"{level}\"\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&host.config_path, text).unwrap();
 }
 
 /// A 5-entry mount list named `bench`.
@@ -464,6 +482,8 @@ fn logged_peak_kib(host: &FakeHost, from: usize, marker: &str) -> u64 {
 /// parent would count memory a forked child inherits from the benchmark itself.
 fn memory(host: &FakeHost) {
     println!("\n## 4. peak RSS, as reported by each process (target: each under 10 MiB)");
+    // Each binary reports its peak in a debug line.
+    set_log_level(host, "debug");
     let from = log_len(host);
     let npu = bundle(
         host.dir.path(),
