@@ -10,10 +10,11 @@ use std::path::Path;
 use oci_spec::runtime::State;
 
 use crate::{
-    cgroup::Layout,
+    cgroup::{CgroupError, Layout},
     config::Config,
-    devices::{self, ContainerDevice, HostDevices},
+    devices::{self, ContainerDevice, DeviceError, HostDevices},
     error::Error,
+    guard::Guard,
     isolation,
     mounts::{self, MountError},
     request::{Request, Selection},
@@ -27,7 +28,34 @@ pub fn parse_state(input: &[u8]) -> Result<State, Error> {
     serde_json::from_slice(input).map_err(|e| Error::BadState(e.to_string()))
 }
 
-pub fn create_runtime(config: &Config, state: &State) -> Result<(), Error> {
+/// What `create-runtime` needs from the host whatever the container. It is gathered before
+/// the state is read: runc writes the state on the hook's stdin only some time after starting
+/// it (about 0.15 ms on the test machines), so this work overlaps that wait instead of
+/// following it. Failures are kept for when they matter: a container without a request never
+/// sees them.
+pub struct HostView {
+    devices: Result<HostDevices, DeviceError>,
+    layout: Result<Layout, CgroupError>,
+    /// The guard of this build, when the host has a unified tree and it is pinned already.
+    guard: Option<Guard>,
+}
+
+impl HostView {
+    pub fn gather(config: &Config) -> Self {
+        let layout = Layout::detect();
+        let guard = match &layout {
+            Ok(Layout::Unified { .. } | Layout::Hybrid { .. }) => Guard::pinned(&config.bpf_dir),
+            _ => None,
+        };
+        Self {
+            devices: HostDevices::discover(config),
+            layout,
+            guard,
+        }
+    }
+}
+
+pub fn create_runtime(config: &Config, view: HostView, state: &State) -> Result<(), Error> {
     let pid = state
         .pid()
         .filter(|p| *p > 0)
@@ -37,7 +65,7 @@ pub fn create_runtime(config: &Config, state: &State) -> Result<(), Error> {
     let Some(request) = Request::from_env(&spec.env()?)? else {
         return Ok(());
     };
-    let host = HostDevices::discover(config)?;
+    let host = view.devices?;
     let indices = match &request.devices {
         Selection::All => None,
         Selection::Indices(i) => Some(i.as_slice()),
@@ -45,7 +73,7 @@ pub fn create_runtime(config: &Config, state: &State) -> Result<(), Error> {
     let devices = host.select(indices, request.virtual_devices, &config.dev_root)?;
     let grants = devices::grants(&devices);
 
-    let layout = Layout::detect()?;
+    let layout = view.layout?;
     // On cgroup v2 only the runtime's own filter can grant; without the spec edit the
     // container could never open its NPUs, so say how to fix it instead of starting it.
     if matches!(layout, Layout::Unified { .. })
@@ -69,7 +97,7 @@ pub fn create_runtime(config: &Config, state: &State) -> Result<(), Error> {
         }
     }
 
-    let enforced = isolation::enforce_cgroups(config, &cgroups, &host, &grants)?;
+    let enforced = isolation::enforce_cgroups(config, &cgroups, &host, &grants, view.guard)?;
     let record = Record {
         id: state.id().to_string(),
         bundle: bundle.clone(),

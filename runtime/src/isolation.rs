@@ -47,15 +47,17 @@ pub fn enforce(
     grants: &[Grant],
 ) -> Result<Enforced, IsolationError> {
     let cgroups = layout.container_cgroups(pid)?;
-    enforce_cgroups(config, &cgroups, host, grants)
+    enforce_cgroups(config, &cgroups, host, grants, None)
 }
 
-/// Enforces `grants` on already resolved cgroups.
+/// Enforces `grants` on already resolved cgroups. `guard` is this build's guard if the caller
+/// opened it already; otherwise it is opened (loaded and pinned first if need be) here.
 pub fn enforce_cgroups(
     config: &Config,
     cgroups: &ContainerCgroups,
     host: &HostDevices,
     grants: &[Grant],
+    guard: Option<Guard>,
 ) -> Result<Enforced, IsolationError> {
     let mut done = Enforced {
         guard_version: None,
@@ -64,7 +66,10 @@ pub fn enforce_cgroups(
         devices_v1_dir: cgroups.devices_v1.clone(),
     };
     if let Some(unified) = &cgroups.unified {
-        let mut guard = Guard::ensure(&config.bpf_dir)?;
+        let mut guard = match guard {
+            Some(g) => g,
+            None => Guard::ensure(&config.bpf_dir)?,
+        };
         let classes = host.classes().into_iter().map(|class| {
             let nodes = host
                 .guarded_nodes

@@ -48,8 +48,10 @@ fn run(stage: &str) -> Result<(), Error> {
 fn run_stage(stage: &str, config: &Config) -> Result<(), Error> {
     match stage {
         "create-runtime" | "prestart" => {
+            // Host facts first: gathering them overlaps the runtime's delay in writing the state.
+            let view = hook::HostView::gather(config);
             let state = hook::parse_state(&read_stdin()?)?;
-            hook::create_runtime(config, &state)
+            hook::create_runtime(config, view, &state)
         }
         "poststop" => {
             let state = hook::parse_state(&read_stdin()?)?;

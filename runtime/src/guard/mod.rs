@@ -150,6 +150,17 @@ impl Guard {
         Self::open_dir(dir, version)
     }
 
+    /// This build's program if it is pinned already under `bpf_dir` (nothing is loaded or
+    /// mounted); `None` also when opening fails, for [`Guard::ensure`] to report.
+    pub fn pinned(bpf_dir: &Path) -> Option<Self> {
+        let version = version();
+        let dir = bpf_dir.join(&version);
+        if !dir.join(PROGRAM_NAME).exists() {
+            return None;
+        }
+        Self::open_dir(dir, version).ok()
+    }
+
     /// Opens an already pinned program version (e.g. an older build's, to unregister from it).
     pub fn open(bpf_dir: &Path, version: &str) -> Result<Self, GuardError> {
         Self::open_dir(bpf_dir.join(version), version.to_string())

@@ -56,7 +56,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 }),
                 devices_v1: None,
             };
-            let done = isolation::enforce_cgroups(&config, &cgroups, &host, &grants)?;
+            let done = isolation::enforce_cgroups(&config, &cgroups, &host, &grants, None)?;
             println!("{}", serde_json::to_string(&done)?);
         }
         ["release", list, json] => {
