@@ -3,7 +3,8 @@
 //!
 //! 1. Start overhead of `runc run` (busybox `true`): plain runc vs the shim with 2 NPUs and a
 //!    5-entry mount list, and the shim without a request; on this host and on pure cgroup v2.
-//!    The hook's own duration comes from its log line.
+//!    The hook's own duration comes from its log line. Two decomposition rows: runc with the
+//!    shim's devices and rules but no hooks, and runc with two do-nothing hooks.
 //! 2. Guard cost per device access: open+close of a non-guarded and of a granted NPU node from
 //!    a container cgroup with runc's deny-by-default filter, without and with the guard.
 //! 3. Scale: 100 containers started concurrently, shim vs plain runc; hook time with 10, 100
@@ -22,7 +23,7 @@ use npu_runtime::{
 };
 use npu_tests::{FakeHost, Place, RuncContainer, V2Namespace, bin, run, unique, write_bundle};
 
-const ROUNDS: usize = 30;
+const ROUNDS: usize = 200;
 
 fn main() {
     if !nix::unistd::geteuid().is_root() {
@@ -108,7 +109,7 @@ fn row(name: &str, unit: &str, samples: &[f64], baseline: Option<f64>) -> f64 {
     let s = stats(samples);
     let ratio = baseline.map_or(String::new(), |b| format!("  ratio {:.3}", s.median / b));
     println!(
-        "  {name:<44} min {:>9.2} median {:>9.2} max {:>9.2} {unit}{ratio}",
+        "  {name:<50} min {:>9.2} median {:>9.2} max {:>9.2} {unit}{ratio}",
         s.min, s.median, s.max
     );
     s.median
@@ -199,6 +200,12 @@ fn start_overhead(place: Place<'_>, mode: &str, host: &FakeHost) {
         spec["linux"]["devices"] = full["linux"]["devices"].clone();
         spec["linux"]["resources"]["devices"] = full["linux"]["resources"]["devices"].clone();
     });
+    // Two hooks that do nothing: what any hook costs, apart from our hook's work.
+    let nop = bin("nop-hook");
+    let nop_hooks = bundle(dir, &["true"], &[], |spec| {
+        let entry = serde_json::json!([{ "path": nop, "args": ["nop-hook"] }]);
+        spec["hooks"] = serde_json::json!({ "createRuntime": entry, "poststop": entry });
+    });
     let shim = bin("npu-container-runtime");
     let runc = PathBuf::from(run(Command::new("sh").args(["-c", "command -v runc"])).trim());
     // Warm up caches and load the guard once (that happens once per build on a host).
@@ -206,11 +213,12 @@ fn start_overhead(place: Place<'_>, mode: &str, host: &FakeHost) {
         timed_run(place, &shim, host, b);
     }
     let log_from = log_len(host);
-    let variants: [(&Path, &(PathBuf, Vec<u8>)); 4] = [
+    let variants: [(&Path, &(PathBuf, Vec<u8>)); 5] = [
         (&runc, &plain),
         (&shim, &npu),
         (&shim, &plain),
         (&runc, &devices_only),
+        (&runc, &nop_hooks),
     ];
     let mut samples = vec![Vec::new(); variants.len()];
     for round in 0..ROUNDS {
@@ -239,6 +247,29 @@ fn start_overhead(place: Place<'_>, mode: &str, host: &FakeHost) {
         "ms",
         &samples[3],
         Some(base),
+    );
+    row(
+        "plain runc + 2 do-nothing hooks (any hook's floor)",
+        "ms",
+        &samples[4],
+        Some(base),
+    );
+    // Every round runs each variant once, back to back: the median of per-round ratios also
+    // cancels the machine's slower drifts, which the ratio of medians still carries.
+    let paired = |i: usize| {
+        let ratios: Vec<f64> = samples[i]
+            .iter()
+            .zip(&samples[0])
+            .map(|(b, a)| b / a)
+            .collect();
+        stats(&ratios).median
+    };
+    println!(
+        "  median of per-round ratios: 2 NPUs {:.3}, no request {:.3}, no hooks {:.3}, do-nothing hooks {:.3}",
+        paired(1),
+        paired(2),
+        paired(3),
+        paired(4)
     );
     let hooks = hook_durations(host, log_from, "create-runtime");
     let s = stats(&hooks);
