@@ -204,7 +204,8 @@ fn runc_killed_mid_create() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let (bundle, _) = npu_tests::write_bundle(&dir, "victim", &["sleep", "600"], |spec| {
+    let id = npu_tests::unique("victim");
+    let (bundle, _) = npu_tests::write_bundle(&dir, &id, &["sleep", "600"], |spec| {
         spec["process"]["env"]
             .as_array_mut()
             .unwrap()
@@ -217,7 +218,7 @@ fn runc_killed_mid_create() {
         .arg(&root)
         .args(["create", "--bundle"])
         .arg(&bundle)
-        .arg("victim")
+        .arg(&id)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -237,7 +238,7 @@ fn runc_killed_mid_create() {
     let state = Command::new("runc")
         .arg("--root")
         .arg(&root)
-        .args(["state", "victim"])
+        .args(["state", &id])
         .output()
         .unwrap();
     let state = String::from_utf8_lossy(&state.stdout);
@@ -246,11 +247,16 @@ fn runc_killed_mid_create() {
     let _ = Command::new("runc")
         .arg("--root")
         .arg(&root)
-        .args(["delete", "-f", "victim"])
+        .args(["delete", "-f", &id])
         .output();
     run(Command::new(bin("npu-ctk"))
         .env(npu_runtime::config::PATH_ENV, &host.config_path)
         .arg("gc"));
     assert!(host.records().is_empty(), "{:?}", host.records());
     assert!(host.granted_cgroups().is_empty(), "grants left");
+    // runc died before saving its state, so `delete` could not find the container: remove the
+    // (empty) cgroups it had made, in every hierarchy, as an engine's cleanup would.
+    for hierarchy in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let _ = std::fs::remove_dir(hierarchy.path().join(&id));
+    }
 }
