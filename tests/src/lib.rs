@@ -709,6 +709,14 @@ impl<'a> RuncContainer<'a> {
         errno_of(ok, &text)
     }
 
+    /// The verdict for every chip of `host` from inside the container: ENXIO allowed, EPERM
+    /// denied.
+    pub fn chip_verdicts(&self, host: &FakeHost) -> Vec<String> {
+        (0..host.chips)
+            .map(|i| self.node_verdict(host.chip_major, i))
+            .collect()
+    }
+
     pub fn runc(&self) -> Command {
         let mut cmd = self.place.command("runc");
         cmd.arg("--root").arg(&self.root);

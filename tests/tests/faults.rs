@@ -14,12 +14,6 @@ fn can_run() -> bool {
         && require("nsenter", have_tool("nsenter"))
 }
 
-fn verdicts(c: &RuncContainer<'_>, host: &FakeHost) -> Vec<String> {
-    (0..host.chips)
-        .map(|i| c.node_verdict(host.chip_major, i))
-        .collect()
-}
-
 #[test]
 fn pins_deleted_under_running_containers() {
     if !can_run() {
@@ -29,16 +23,16 @@ fn pins_deleted_under_running_containers() {
     let place = Place::V2(&ns);
     let host = FakeHost::new(3);
     let a = npu_tests::start_npu(place, &host, "0").expect("start");
-    let before = verdicts(&a, &host);
+    let before = a.chip_verdicts(&host);
     assert_eq!(before, ["ENXIO", "EPERM", "EPERM"]);
     // Someone removes every pin.
     std::fs::remove_dir_all(&host.config.bpf_dir).unwrap();
     // The attached program and its maps live on: A keeps exactly its NPU.
-    assert_eq!(verdicts(&a, &host), before, "after the pins vanished");
+    assert_eq!(a.chip_verdicts(&host), before, "after the pins vanished");
     // The next container loads and pins the program again and is guarded.
     let b = npu_tests::start_npu(place, &host, "2").expect("start");
-    assert_eq!(verdicts(&b, &host), ["EPERM", "EPERM", "ENXIO"]);
-    assert_eq!(verdicts(&a, &host), before, "A after B started");
+    assert_eq!(b.chip_verdicts(&host), ["EPERM", "EPERM", "ENXIO"]);
+    assert_eq!(a.chip_verdicts(&host), before, "A after B started");
     // A's cleanup has nothing to unpin and still removes its record.
     let a_record = format!("{}.json", a.id);
     drop(a);
@@ -58,7 +52,7 @@ fn bpffs_not_mounted() {
     assert_ne!(fs.trim(), "bpf_fs", "bpffs still mounted in the namespace");
     let host = FakeHost::new(2);
     let c = npu_tests::start_npu(Place::V2(&ns), &host, "1").expect("start");
-    assert_eq!(verdicts(&c, &host), ["EPERM", "ENXIO"]);
+    assert_eq!(c.chip_verdicts(&host), ["EPERM", "ENXIO"]);
     let fs = run(ns.command("stat").args(["-f", "-c", "%T", "/sys/fs/bpf"]));
     assert_eq!(
         fs.trim(),
@@ -134,7 +128,7 @@ fn hook_killed_mid_work() {
             "killed at {syscall}: only the bystander is registered"
         );
         assert_eq!(
-            verdicts(&bystander, &host),
+            bystander.chip_verdicts(&host),
             ["EPERM", "EPERM", "ENXIO"],
             "bystander after {syscall}"
         );
@@ -171,7 +165,7 @@ fn maps_full() {
         guard.unregister(fake(i), &[]).unwrap();
     }
     let c = npu_tests::start_npu(Place::Host, &host, "1").expect("start");
-    assert_eq!(verdicts(&c, &host), ["EPERM", "ENXIO"]);
+    assert_eq!(c.chip_verdicts(&host), ["EPERM", "ENXIO"]);
 }
 
 /// runc killed (SIGKILL) while our hook runs: the container never starts; the engine's usual

@@ -12,12 +12,6 @@ fn can_run() -> bool {
         && require("nsenter", have_tool("nsenter"))
 }
 
-fn verdicts(c: &RuncContainer<'_>, host: &FakeHost) -> Vec<String> {
-    (0..host.chips)
-        .map(|i| c.node_verdict(host.chip_major, i))
-        .collect()
-}
-
 fn revoke_and_restore(place: Place<'_>, mode: &str, allow_all: bool) {
     let host = FakeHost::new(3);
     let c = RuncContainer::start_with_env(
@@ -38,7 +32,11 @@ fn revoke_and_restore(place: Place<'_>, mode: &str, allow_all: bool) {
     )
     .expect("start");
     let what = format!("{mode}{}", if allow_all { ", allow-all" } else { "" });
-    assert_eq!(verdicts(&c, &host), ["ENXIO", "ENXIO", "EPERM"], "{what}");
+    assert_eq!(
+        c.chip_verdicts(&host),
+        ["ENXIO", "ENXIO", "EPERM"],
+        "{what}"
+    );
 
     let (ok, out) = npu_tests::npu_ctk(&host, &["device", "revoke", &c.id, "1"]);
     assert!(
@@ -46,7 +44,7 @@ fn revoke_and_restore(place: Place<'_>, mode: &str, allow_all: bool) {
         "{what}: {out}"
     );
     assert_eq!(
-        verdicts(&c, &host),
+        c.chip_verdicts(&host),
         ["ENXIO", "EPERM", "EPERM"],
         "{what}: after revoke"
     );
@@ -62,7 +60,7 @@ fn revoke_and_restore(place: Place<'_>, mode: &str, allow_all: bool) {
     let (ok, out) = npu_tests::npu_ctk(&host, &["device", "restore", &c.id, "1"]);
     assert!(ok && out.contains("restored"), "{what}: {out}");
     assert_eq!(
-        verdicts(&c, &host),
+        c.chip_verdicts(&host),
         ["ENXIO", "ENXIO", "EPERM"],
         "{what}: after restore"
     );
@@ -71,7 +69,7 @@ fn revoke_and_restore(place: Place<'_>, mode: &str, allow_all: bool) {
     let (ok, out) = npu_tests::npu_ctk(&host, &["device", "restore", &c.id, "2"]);
     assert!(!ok && out.contains("never granted"), "{what}: {out}");
     assert_eq!(
-        verdicts(&c, &host),
+        c.chip_verdicts(&host),
         ["ENXIO", "ENXIO", "EPERM"],
         "{what}: after refused restore"
     );

@@ -43,13 +43,6 @@ fn start<'a>(
     })
 }
 
-/// Verdicts for every chip from inside the container: ENXIO allowed, EPERM denied.
-fn chip_verdicts(c: &RuncContainer<'_>, host: &FakeHost) -> Vec<String> {
-    (0..host.chips)
-        .map(|i| c.node_verdict(host.chip_major, i))
-        .collect()
-}
-
 #[test]
 fn one_npu_container() {
     each_place(|place, mode| {
@@ -66,7 +59,7 @@ fn one_npu_container() {
         // Other NPUs are absent, and a node made for one is unusable.
         assert_eq!(open_verdict(&c, "/dev/davinci0"), "ENOENT", "{mode}");
         assert_eq!(
-            chip_verdicts(&c, &host),
+            c.chip_verdicts(&host),
             npu_tests::expect_only(&[1], host.chips),
             "{mode}"
         );
@@ -102,12 +95,12 @@ fn two_containers_with_disjoint_npus() {
         let a = start(place, &host, &["ASCEND_VISIBLE_DEVICES=0,1"], |_| {}).expect("a");
         let b = start(place, &host, &["ASCEND_VISIBLE_DEVICES=2-3"], |_| {}).expect("b");
         assert_eq!(
-            chip_verdicts(&a, &host),
+            a.chip_verdicts(&host),
             npu_tests::expect_only(&[0, 1], host.chips),
             "{mode}: a"
         );
         assert_eq!(
-            chip_verdicts(&b, &host),
+            b.chip_verdicts(&host),
             npu_tests::expect_only(&[2, 3], host.chips),
             "{mode}: b"
         );
@@ -135,7 +128,7 @@ fn privileged_container_still_gets_only_its_npu() {
         assert_eq!(open_verdict(&c, "/dev/davinci3"), "EPERM", "{mode}");
         assert_eq!(open_verdict(&c, "/dev/davinci1"), "ENXIO", "{mode}");
         assert_eq!(
-            chip_verdicts(&c, &host),
+            c.chip_verdicts(&host),
             npu_tests::expect_only(&[1], host.chips),
             "{mode}"
         );
@@ -149,7 +142,7 @@ fn update_keeps_verdicts() {
     each_place(|place, mode| {
         let host = FakeHost::new(3);
         let c = start(place, &host, &["ASCEND_VISIBLE_DEVICES=2"], |_| {}).expect("start");
-        let before = chip_verdicts(&c, &host);
+        let before = c.chip_verdicts(&host);
         let mut update = place.command(shim());
         update
             .env(PATH_ENV, &host.config_path)
@@ -166,7 +159,7 @@ fn update_keeps_verdicts() {
             update.arg("--resources").arg(resources);
         }
         run(update.arg(&c.id));
-        assert_eq!(chip_verdicts(&c, &host), before, "{mode}");
+        assert_eq!(c.chip_verdicts(&host), before, "{mode}");
         assert_eq!(before, npu_tests::expect_only(&[2], host.chips), "{mode}");
     });
 }
@@ -260,7 +253,7 @@ fn hook_only_mode() {
             assert_eq!(open_verdict(&c, "/dev/davinci1"), "ENXIO", "{mode}");
             assert_eq!(open_verdict(&c, "/dev/davinci_manager"), "ENXIO", "{mode}");
             assert_eq!(
-                chip_verdicts(&c, &host),
+                c.chip_verdicts(&host),
                 npu_tests::expect_only(&[1], host.chips),
                 "{mode}"
             );

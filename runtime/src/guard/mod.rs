@@ -131,12 +131,11 @@ impl Guard {
     /// no earlier call did (mounting bpffs at /sys/fs/bpf if needed).
     pub fn ensure(bpf_dir: &Path) -> Result<Self, GuardError> {
         ensure_bpffs(bpf_dir)?;
+        if let Some(guard) = Self::pinned(bpf_dir) {
+            return Ok(guard);
+        }
         let version = version();
         let dir = bpf_dir.join(&version);
-        // The program is pinned last, so its pin means the maps are there too.
-        if dir.join(PROGRAM_NAME).exists() {
-            return Self::open_dir(dir, version);
-        }
         let lock_error = |source| GuardError::Bpffs {
             path: bpf_dir.into(),
             source,
@@ -155,6 +154,7 @@ impl Guard {
     pub fn pinned(bpf_dir: &Path) -> Option<Self> {
         let version = version();
         let dir = bpf_dir.join(&version);
+        // The program is pinned last, so its pin means the maps are there too.
         if !dir.join(PROGRAM_NAME).exists() {
             return None;
         }
