@@ -3,9 +3,10 @@
 use std::path::PathBuf;
 
 use crate::{
-    cgroup::CgroupError, config::ConfigError, devices::DeviceError, devices::Grant,
-    guard::GuardError, isolation::IsolationError, mounts::MountError, request::RequestError,
-    spec::SpecError, state::StateError,
+    enforce::guard::GuardError, enforce::isolation::IsolationError, node::cgroup::CgroupError,
+    node::config::ConfigError, node::devices::DeviceError, node::devices::Grant,
+    node::state::StateError, start::mounts::MountError, start::request::RequestError,
+    start::spec::SpecError,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -44,9 +45,9 @@ pub enum Error {
     #[error("invalid container state on stdin: {0}")]
     BadState(String),
     #[error(transparent)]
-    Engine(#[from] crate::engines::EngineError),
+    Engine(#[from] crate::operate::engines::EngineError),
     #[error(transparent)]
-    Hooks(#[from] crate::hooksd::HooksError),
+    Hooks(#[from] crate::operate::hooksd::HooksError),
     #[error("no NPU container {0:?} is known (see npu-ctk policy show)")]
     UnknownContainer(String),
     #[error(

@@ -1,35 +1,19 @@
 //! npu-container-runtime: gives containers exactly the Ascend NPUs they asked for.
 //!
-//! The binaries (`npu-container-runtime`, `npu-container-hook`, `npu-ctk`) are thin layers over
-//! these modules:
-//! - [`config`]: the configuration file;
-//! - [`devices`]: host NPU discovery and the device/grant model;
-//! - [`cgroup`]: how device control works on this host and where a container's cgroups are,
-//!   with the v1 `devices` controller backend in [`cgroup::v1`];
-//! - [`guard`]: the cgroup v2 BPF device guard and its pinned maps;
-//! - [`isolation`]: enforcing a container's grants with whichever backends the host uses;
-//! - [`request`]: the `ASCEND_*` variables; [`spec`]: the OCI spec edit; [`args`]: runc's
-//!   command line; [`mounts`]: driver mounts inside the rootfs; [`state`]: per-container
-//!   records; [`shim`] and [`hook`]: what each binary does; [`logging`]; [`error`].
-pub mod args;
-pub mod cdi;
-pub mod cgroup;
-pub mod config;
-pub mod devices;
-pub mod doctor;
-pub mod engines;
+//! The folders follow a container's way through the runtime, bottom to top; a layer uses the
+//! ones below it and never one above (a test in `runtime/tests/layers.rs` checks this):
+//! - [`node`]: what this host is - the configuration, its NPU device nodes and the device-rule
+//!   model, the cgroup layout, per-container records, logging;
+//! - [`enforce`]: confining one cgroup to its grants - the cgroup v2 BPF [`enforce::guard`],
+//!   the cgroup v1 devices planner [`enforce::v1`], and [`enforce::isolation`] choosing
+//!   between them;
+//! - [`start`]: a container's way in - runc's argv, the request variables, the OCI spec edit,
+//!   driver mounts, and what the shim and the hook do at each step;
+//! - [`operate`]: `npu-ctk`'s commands, one module per command family.
+//!
+//! [`error`] gathers every layer's error for the binaries, which stay thin over this library.
+pub mod enforce;
 pub mod error;
-pub mod gc;
-pub mod guard;
-pub mod hook;
-pub mod hooksd;
-pub mod isolation;
-pub mod live;
-pub mod logging;
-pub mod monitor;
-pub mod mounts;
-pub mod policy;
-pub mod request;
-pub mod shim;
-pub mod spec;
-pub mod state;
+pub mod node;
+pub mod operate;
+pub mod start;

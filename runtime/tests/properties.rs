@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 
 use npu_runtime::{
-    args::RuncArgs,
-    cgroup::v1::Rule,
-    mounts::parse_list,
-    request::{MAX_INDEX, Request, Selection},
+    enforce::v1::Rule,
+    start::args::RuncArgs,
+    start::mounts::parse_list,
+    start::request::{MAX_INDEX, Request, Selection},
 };
 use proptest::prelude::*;
 

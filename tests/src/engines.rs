@@ -326,7 +326,7 @@ pub fn runtime_wrapper(dir: &Path, host: &FakeHost) -> PathBuf {
         &wrapper,
         format!(
             "#!/bin/sh\nexport {}={}\nexec {} \"$@\"\n",
-            npu_runtime::config::PATH_ENV,
+            npu_runtime::node::config::PATH_ENV,
             host.config_path.display(),
             bin("npu-container-runtime").display()
         ),

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use npu_runtime::{cgroup::Layout, config::Config, devices::registered_majors};
+use npu_runtime::{node::cgroup::Layout, node::config::Config, node::devices::registered_majors};
 
 pub mod engines;
 
@@ -222,7 +222,9 @@ impl FakeHost {
     /// cgroup ids with entries in the pinned grant maps (every pinned version).
     pub fn granted_cgroups(&self) -> BTreeSet<u64> {
         let mut ids = BTreeSet::new();
-        for version in npu_runtime::guard::versions(&self.config.bpf_dir).unwrap_or_default() {
+        for version in
+            npu_runtime::enforce::guard::versions(&self.config.bpf_dir).unwrap_or_default()
+        {
             let pin = self.config.bpf_dir.join(version).join("npu_grants");
             let dump = run(Command::new("bpftool")
                 .args(["-j", "map", "dump", "pinned"])
@@ -350,7 +352,7 @@ impl V2Namespace {
     pub fn new() -> Self {
         // Make sure bpffs is on the host before the namespace copies the mount table, so
         // pins made inside are the host's.
-        npu_runtime::guard::ensure_bpffs(Path::new("/sys/fs/bpf")).expect("bpffs");
+        npu_runtime::enforce::guard::ensure_bpffs(Path::new("/sys/fs/bpf")).expect("bpffs");
         let holder = Path::new("/run/npu-tests").join(unique("ns"));
         std::fs::create_dir_all(&holder).unwrap();
         // A namespace file can only be bind-mounted on a private mount.
@@ -570,7 +572,7 @@ pub fn assert_matrix(host: &FakeHost, v: &[Verdict], granted: &[u32], management
 pub fn guardctl(place: Place<'_>, host: &FakeHost, args: &[&str]) -> String {
     run(place
         .command(bin("guardctl"))
-        .env(npu_runtime::config::PATH_ENV, &host.config_path)
+        .env(npu_runtime::node::config::PATH_ENV, &host.config_path)
         .args(args))
 }
 
@@ -676,7 +678,7 @@ impl<'a> RuncContainer<'a> {
         let errors = dir.join(format!("{}.stderr", container.id));
         let mut cmd = place.command(runtime);
         if let Some(config) = config {
-            cmd.env(npu_runtime::config::PATH_ENV, config);
+            cmd.env(npu_runtime::node::config::PATH_ENV, config);
         }
         let status = cmd
             .arg("--root")
@@ -829,7 +831,7 @@ pub fn each_cgroup_mode(test: impl Fn(Place<'_>, &str)) {
 /// Runs `npu-ctk` with `host`'s configuration; returns success and stdout + stderr.
 pub fn npu_ctk(host: &FakeHost, args: &[&str]) -> (bool, String) {
     let out = Command::new(bin("npu-ctk"))
-        .env(npu_runtime::config::PATH_ENV, &host.config_path)
+        .env(npu_runtime::node::config::PATH_ENV, &host.config_path)
         .args(args)
         .output()
         .expect("npu-ctk");

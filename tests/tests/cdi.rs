@@ -3,7 +3,7 @@
 //! in through the spec's hooks), on pure cgroup v2 and on cgroup v1.
 use std::{path::PathBuf, process::Command};
 
-use npu_runtime::config::PATH_ENV;
+use npu_runtime::node::config::PATH_ENV;
 use npu_tests::{
     FakeHost, bin, each_cgroup_mode,
     engines::{Podman, matrix_script, parse_matrix},

@@ -2,7 +2,7 @@
 //! must remove only what belongs to dead containers).
 use std::{collections::BTreeSet, process::Command};
 
-use npu_runtime::config::PATH_ENV;
+use npu_runtime::node::config::PATH_ENV;
 use npu_tests::{
     FakeHost, Place, TestCgroup, V2Namespace, bin, guardctl, have_tool, open_verdict, require,
     require_root, run, unified_mount, unique,
@@ -25,7 +25,7 @@ fn ctk(host: &FakeHost, args: &[&str]) -> String {
 /// (cgroup id, major, minor) of every grant bpftool shows in the pinned grant maps.
 fn bpftool_grants(host: &FakeHost) -> BTreeSet<(u64, u64, u64)> {
     let mut out = BTreeSet::new();
-    for version in npu_runtime::guard::versions(&host.config.bpf_dir).unwrap() {
+    for version in npu_runtime::enforce::guard::versions(&host.config.bpf_dir).unwrap() {
         let pin = host.config.bpf_dir.join(version).join("npu_grants");
         let dump = run(Command::new("bpftool")
             .args(["-j", "map", "dump", "pinned"])

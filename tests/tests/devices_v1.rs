@@ -4,7 +4,7 @@
 //! hybrid case where the guard is attached on the unified tree as well.
 use std::process::Command;
 
-use npu_runtime::isolation::Enforced;
+use npu_runtime::enforce::isolation::Enforced;
 use npu_tests::{
     FakeHost, Holder, Place, TestCgroup, all_ops, assert_matrix, devices_v1_mount, guardctl,
     have_tool, probe, require, require_root, run, unified_mount, unique,
@@ -124,7 +124,7 @@ fn refuses_root_cgroup() {
     let host = FakeHost::new(1);
     // This test process sits in the root v1 devices cgroup.
     let mut cmd = Command::new(npu_tests::bin("guardctl"));
-    cmd.env(npu_runtime::config::PATH_ENV, &host.config_path)
+    cmd.env(npu_runtime::node::config::PATH_ENV, &host.config_path)
         .args(["enforce", &std::process::id().to_string(), "0"]);
     let out = cmd.output().unwrap();
     assert!(!out.status.success());

@@ -3,7 +3,7 @@
 //! started with `docker run --runtime=npu -e ASCEND_VISIBLE_DEVICES=...`.
 use std::{collections::BTreeSet, process::Command};
 
-use npu_runtime::config::PATH_ENV;
+use npu_runtime::node::config::PATH_ENV;
 use npu_tests::{
     FakeHost, Place, bin,
     engines::{Dockerd, matrix_script, parse_matrix},

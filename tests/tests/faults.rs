@@ -114,7 +114,7 @@ fn hook_killed_mid_work() {
             .unwrap_or_else(|| panic!("killed at {syscall}: the container started"));
         assert!(err.contains("hook"), "killed at {syscall}: {err}");
         let gc = run(Command::new(bin("npu-ctk"))
-            .env(npu_runtime::config::PATH_ENV, &host.config_path)
+            .env(npu_runtime::node::config::PATH_ENV, &host.config_path)
             .args(["gc", "--json"]));
         eprintln!("killed at {syscall} #{when}: gc {gc}");
         assert_eq!(
@@ -145,7 +145,7 @@ fn maps_full() {
     let host = FakeHost::new(2);
     // Load the program by starting (and removing) one container.
     drop(npu_tests::start_npu(Place::Host, &host, "0").expect("start"));
-    let mut guard = npu_runtime::guard::Guard::ensure(&host.config.bpf_dir).unwrap();
+    let mut guard = npu_runtime::enforce::guard::Guard::ensure(&host.config.bpf_dir).unwrap();
     let fake = |i: usize| (1u64 << 42) + i as u64;
     let mut filled = 0;
     while guard.register(fake(filled), &[]).is_ok() {
@@ -207,7 +207,7 @@ fn runc_killed_mid_create() {
     });
     let root = dir.join("runc-root");
     let mut runc = Command::new(&shim)
-        .env(npu_runtime::config::PATH_ENV, &host.config_path)
+        .env(npu_runtime::node::config::PATH_ENV, &host.config_path)
         .arg("--root")
         .arg(&root)
         .args(["create", "--bundle"])
@@ -244,7 +244,7 @@ fn runc_killed_mid_create() {
         .args(["delete", "-f", &id])
         .output();
     run(Command::new(bin("npu-ctk"))
-        .env(npu_runtime::config::PATH_ENV, &host.config_path)
+        .env(npu_runtime::node::config::PATH_ENV, &host.config_path)
         .arg("gc"));
     assert!(host.records().is_empty(), "{:?}", host.records());
     assert!(host.granted_cgroups().is_empty(), "grants left");

@@ -3,7 +3,7 @@
 //! nothing is granted, no record is left.
 use std::{os::unix::fs::symlink, process::Command};
 
-use npu_runtime::config::PATH_ENV;
+use npu_runtime::node::config::PATH_ENV;
 use npu_tests::{
     FakeHost, Place, RuncContainer, bin, have_tool, require, require_root, write_bundle,
 };

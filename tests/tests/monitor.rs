@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use npu_runtime::config::PATH_ENV;
+use npu_runtime::node::config::PATH_ENV;
 use npu_tests::{
     FakeHost, Place, RuncContainer, bin, each_cgroup_mode, have_tool, require, require_root, run,
     start_npu,
@@ -79,7 +79,7 @@ fn monitor_case(place: Place<'_>, mode: &str) {
     assert_eq!(denied(&host, &a.id), 3, "{mode}: A's counter");
 
     // A program upgrade: the pins of this build move aside, the next container loads afresh.
-    let versions = npu_runtime::guard::versions(&host.config.bpf_dir).unwrap();
+    let versions = npu_runtime::enforce::guard::versions(&host.config.bpf_dir).unwrap();
     std::fs::rename(
         host.config.bpf_dir.join(&versions[0]),
         host.config.bpf_dir.join("0-old"),

@@ -3,7 +3,7 @@
 //! (`npu-ctk hook install` + `--hooks-dir`, where the precreate stage writes the grant).
 use std::process::Command;
 
-use npu_runtime::config::PATH_ENV;
+use npu_runtime::node::config::PATH_ENV;
 use npu_tests::{
     FakeHost, Place, bin,
     engines::{Podman, matrix_script, parse_matrix},

@@ -2,7 +2,7 @@
 //! on a pure cgroup v2 host (private namespace) and on this VM's cgroup v1 devices controller.
 use std::process::Command;
 
-use npu_runtime::config::PATH_ENV;
+use npu_runtime::node::config::PATH_ENV;
 use npu_tests::{
     FakeHost, Place, RuncContainer, V2Namespace, bin, have_tool, open_verdict, require,
     require_root, run,

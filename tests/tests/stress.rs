@@ -3,7 +3,7 @@
 //! mounts as they found them.
 use std::process::{Command, Stdio};
 
-use npu_runtime::config::PATH_ENV;
+use npu_runtime::node::config::PATH_ENV;
 use npu_tests::{
     FakeHost, Place, RuncContainer, bin, have_tool, require, require_root, write_bundle,
 };
@@ -84,7 +84,7 @@ fn fifty_concurrent_containers() {
 
 /// Kernel id of the program pinned for `host`.
 fn pinned_program_id(host: &FakeHost) -> u64 {
-    let version = &npu_runtime::guard::versions(&host.config.bpf_dir).unwrap()[0];
+    let version = &npu_runtime::enforce::guard::versions(&host.config.bpf_dir).unwrap()[0];
     let pin = host.config.bpf_dir.join(version).join("npu_dev_guard");
     let out = Command::new("bpftool")
         .args(["-j", "prog", "show", "pinned"])
@@ -139,7 +139,7 @@ fn thousand_create_delete_cycles() {
     assert!(host.records().is_empty(), "{:?}", host.records());
     assert!(host.granted_cgroups().is_empty(), "grants left");
     assert_eq!(
-        npu_runtime::guard::versions(&host.config.bpf_dir)
+        npu_runtime::enforce::guard::versions(&host.config.bpf_dir)
             .unwrap()
             .len(),
         1,

@@ -8,7 +8,9 @@ static ALLOC: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
 
 use std::io::{Read, Write};
 
-use npu_runtime::{config::Config, error::Error, hook, logging, spec::MAX_SPEC_BYTES};
+use npu_runtime::{
+    error::Error, node::config::Config, node::logging, start::hook, start::spec::MAX_SPEC_BYTES,
+};
 
 const NAME: &str = "npu-container-hook";
 

@@ -7,7 +7,9 @@ static ALLOC: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
 
 use std::{ffi::OsString, os::unix::process::CommandExt, path::PathBuf, process::Command};
 
-use npu_runtime::{args::RuncArgs, config::Config, error::Error, logging, shim};
+use npu_runtime::{
+    error::Error, node::config::Config, node::logging, start::args::RuncArgs, start::shim,
+};
 
 const NAME: &str = "npu-container-runtime";
 
@@ -47,7 +49,7 @@ fn main() {
     match parsed.command.as_deref() {
         None if text.iter().any(|a| a == "--version" || a == "-v") => {
             println!("{NAME} version {}", env!("CARGO_PKG_VERSION"));
-            println!("guard program {}", npu_runtime::guard::version());
+            println!("guard program {}", npu_runtime::enforce::guard::version());
             println!("low-level runtime {}:", runtime.display());
             exec(&runtime, &args)
         }

@@ -3,13 +3,18 @@ use std::{io::Write, path::PathBuf, process::ExitCode};
 
 use clap::{CommandFactory, Parser, Subcommand};
 use npu_runtime::{
-    cdi,
-    config::Config,
-    devices::HostDevices,
-    doctor,
-    engines::{self, Engine},
     error::Error,
-    gc, hooksd, live, monitor, policy, shim,
+    node::config::Config,
+    node::devices::HostDevices,
+    operate::cdi,
+    operate::doctor,
+    operate::engines::{self, Engine},
+    operate::gc,
+    operate::hooksd,
+    operate::live,
+    operate::monitor,
+    operate::policy,
+    start::shim,
 };
 
 #[derive(Parser)]
@@ -188,10 +193,10 @@ fn load_config() -> Result<Config, Error> {
 fn hook_env() -> Vec<String> {
     let mut env =
         vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()];
-    if let Some(cfg) = std::env::var_os(npu_runtime::config::PATH_ENV) {
+    if let Some(cfg) = std::env::var_os(npu_runtime::node::config::PATH_ENV) {
         env.push(format!(
             "{}={}",
-            npu_runtime::config::PATH_ENV,
+            npu_runtime::node::config::PATH_ENV,
             cfg.to_string_lossy()
         ));
     }
@@ -369,7 +374,7 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Devices { json: as_json } => {
             let config = load_config()?;
             let host = HostDevices::discover(&config)?;
-            let mut rows: Vec<(String, &npu_runtime::devices::DeviceNode)> = Vec::new();
+            let mut rows: Vec<(String, &npu_runtime::node::devices::DeviceNode)> = Vec::new();
             rows.extend(host.chips.iter().map(|(i, n)| (format!("npu {i}"), n)));
             rows.extend(
                 host.virtual_chips

@@ -13,11 +13,11 @@
 use std::os::unix::fs::MetadataExt;
 
 use npu_runtime::{
-    cgroup::{ContainerCgroups, Layout, UnifiedCgroup},
-    config::Config,
-    devices::HostDevices,
-    guard::Guard,
-    isolation::{self, Enforced},
+    enforce::guard::Guard,
+    enforce::isolation::{self, Enforced},
+    node::cgroup::{ContainerCgroups, Layout, UnifiedCgroup},
+    node::config::Config,
+    node::devices::HostDevices,
 };
 
 fn main() {

@@ -17,9 +17,9 @@ use std::{
 };
 
 use npu_runtime::{
-    config::PATH_ENV,
-    devices::{Access, DevType, Grant},
-    guard::Guard,
+    enforce::guard::Guard,
+    node::config::PATH_ENV,
+    node::devices::{Access, DevType, Grant},
 };
 use npu_tests::{FakeHost, Place, RuncContainer, V2Namespace, bin, run, unique, write_bundle};
 

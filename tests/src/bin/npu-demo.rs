@@ -4,7 +4,7 @@
 //! the live policy from the pinned maps, and what bpftool sees. Cleans up after itself.
 use std::process::Command;
 
-use npu_runtime::{cgroup::Layout, config::PATH_ENV, state};
+use npu_runtime::{node::cgroup::Layout, node::config::PATH_ENV, node::state};
 use npu_tests::{
     FakeHost, Place, RuncContainer, V2Namespace, bin,
     engines::{Dockerd, matrix_script, parse_matrix},

@@ -10,17 +10,17 @@ use std::path::Path;
 use oci_spec::runtime::State;
 
 use crate::{
-    cgroup::{CgroupError, Layout},
-    config::Config,
-    devices::{self, ContainerDevice, DeviceError, HostDevices},
+    enforce::guard::Guard,
+    enforce::isolation,
     error::Error,
-    guard::Guard,
-    isolation,
-    mounts::{self, MountError},
-    request::{Request, Selection},
-    shim,
-    spec::Spec,
-    state::{self, Record},
+    node::cgroup::{CgroupError, Layout},
+    node::config::Config,
+    node::devices::{self, ContainerDevice, DeviceError, HostDevices},
+    node::state::{self, Record},
+    start::mounts::{self, MountError},
+    start::request::{Request, Selection},
+    start::shim,
+    start::spec::Spec,
 };
 
 /// Parses the state the runtime writes on a hook's stdin.

@@ -15,7 +15,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::devices::{Access, DevType, DeviceClass, DeviceNode, Grant};
+use crate::node::devices::{Access, DevType, DeviceClass, DeviceNode, Grant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum V1Error {

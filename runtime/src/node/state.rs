@@ -7,7 +7,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{devices::Grant, isolation::Enforced};
+use crate::{enforce::isolation::Enforced, node::devices::Grant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -159,7 +159,7 @@ pub fn remove(state_dir: &Path, id: &str) -> Result<(), StateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::{Access, DevType};
+    use crate::node::devices::{Access, DevType};
 
     #[test]
     fn round_trip_and_ids() {

@@ -5,7 +5,6 @@
 //! hybrid hosts also places the container in the unified tree, where our guard adds a second,
 //! bpftool-visible layer.
 pub mod mountinfo;
-pub mod v1;
 
 use std::{
     os::unix::fs::MetadataExt,

@@ -13,10 +13,11 @@ use serde::Serialize;
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 
 use crate::{
-    config::Config,
-    devices::{Access, DevType, HostDevices},
+    enforce::guard,
     error::Error,
-    guard, state,
+    node::config::Config,
+    node::devices::{Access, DevType, HostDevices},
+    node::state,
 };
 
 /// A denial, resolved for people.
@@ -75,7 +76,7 @@ impl Resolver<'_> {
             self.reload();
         }
         let dev_type = DevType::from_bpf(e.dev_type).unwrap_or(DevType::Char);
-        let is = |n: &&crate::devices::DeviceNode| {
+        let is = |n: &&crate::node::devices::DeviceNode| {
             n.dev_type == dev_type && n.major == e.major && n.minor == e.minor
         };
         let npu = self.host.chips.iter().find(|(_, n)| is(n)).map(|(i, _)| *i);

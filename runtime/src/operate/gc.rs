@@ -10,11 +10,12 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    cgroup::Layout,
-    config::Config,
+    enforce::guard::{self, Guard},
+    enforce::isolation,
     error::Error,
-    guard::{self, Guard},
-    isolation, state,
+    node::cgroup::Layout,
+    node::config::Config,
+    node::state,
 };
 
 #[derive(Debug, Default, Serialize)]

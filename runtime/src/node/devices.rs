@@ -12,7 +12,7 @@ use std::{
 
 use npu_guard_common::{ACC_ALL, ACC_MKNOD, ACC_READ, ACC_WRITE, DEV_BLOCK, DEV_CHAR};
 
-use crate::config::Config;
+use crate::node::config::Config;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
@@ -246,7 +246,7 @@ impl TryFrom<String> for Grant {
     type Error = String;
 
     fn try_from(text: String) -> Result<Self, String> {
-        use crate::cgroup::v1::{Rule, RuleType};
+        use crate::enforce::v1::{Rule, RuleType};
         let bad = || format!("invalid grant {text:?}: expected \"c MAJOR:MINOR rwm\"");
         match Rule::parse(&text).map_err(|_| bad())? {
             Rule {

@@ -11,10 +11,11 @@ use std::path::Path;
 use serde_json::{Value, json};
 
 use crate::{
-    config::Config,
-    devices::{DeviceNode, HostDevices},
     error::Error,
-    mounts, request,
+    node::config::Config,
+    node::devices::{DeviceNode, HostDevices},
+    start::mounts,
+    start::request,
 };
 
 /// CDI version written: the newest one Podman 4.x reads with every field used here.
@@ -45,7 +46,9 @@ pub fn generate(
 ) -> Result<Value, Error> {
     let host = HostDevices::discover(config)?;
     if let Some(path) = host.missing_management.first() {
-        return Err(crate::devices::DeviceError::MissingManagement { path: path.clone() }.into());
+        return Err(
+            crate::node::devices::DeviceError::MissingManagement { path: path.clone() }.into(),
+        );
     }
     let dev = Path::new("/dev");
     let mut devices: Vec<Value> = host

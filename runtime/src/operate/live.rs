@@ -3,10 +3,11 @@
 //! Effective for the next open or mknod. No device cgroup (v1 or BPF) can take back a file
 //! descriptor the container already holds: revoking does not close open NPU handles.
 use crate::{
-    config::Config,
-    devices::{Grant, HostDevices},
+    enforce::isolation,
     error::Error,
-    isolation, state,
+    node::config::Config,
+    node::devices::{Grant, HostDevices},
+    node::state,
 };
 
 /// What a revoke or restore did.

@@ -6,11 +6,11 @@ use std::{collections::BTreeMap, path::PathBuf};
 use serde::Serialize;
 
 use crate::{
-    config::Config,
-    devices::Grant,
+    enforce::guard::{self, Guard},
     error::Error,
-    guard::{self, Guard},
-    state,
+    node::config::Config,
+    node::devices::Grant,
+    node::state,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -5,11 +5,12 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::{
-    cgroup::Layout,
-    config::Config,
-    devices::HostDevices,
-    engines::{self, Engine},
-    guard, shim,
+    enforce::guard,
+    node::cgroup::Layout,
+    node::config::Config,
+    node::devices::HostDevices,
+    operate::engines::{self, Engine},
+    start::shim,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

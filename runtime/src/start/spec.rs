@@ -13,7 +13,7 @@ use oci_spec::runtime::{
 };
 use serde_json::{Map, Value, json};
 
-use crate::devices::{Access, ContainerDevice, DevType, Grant};
+use crate::node::devices::{Access, ContainerDevice, DevType, Grant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
@@ -179,7 +179,7 @@ impl Spec {
             devices.push(to_value(&device));
         }
         let mut rules = Vec::new();
-        for grant in crate::devices::grants(edit.devices) {
+        for grant in crate::node::devices::grants(edit.devices) {
             if self.allows(&grant) {
                 continue;
             }
@@ -355,7 +355,7 @@ fn rule_matches(rule: &Value, grant: &Grant, bit: Access) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::DeviceNode;
+    use crate::node::devices::DeviceNode;
 
     fn device(path: &str, major: u32, minor: u32) -> ContainerDevice {
         ContainerDevice {

@@ -3,13 +3,13 @@
 use std::path::{Path, PathBuf};
 
 use crate::{
-    config::{self, Config},
-    devices::HostDevices,
+    enforce::isolation,
     error::Error,
-    isolation,
-    request::{Request, Selection},
-    spec::{Edit, HookCommand, Spec},
-    state,
+    node::config::{self, Config},
+    node::devices::HostDevices,
+    node::state,
+    start::request::{Request, Selection},
+    start::spec::{Edit, HookCommand, Spec},
 };
 
 pub const HOOK_BINARY: &str = "npu-container-hook";
@@ -93,7 +93,7 @@ pub fn edit_spec(
     // Refuse unknown or malformed mount lists now, before the runtime creates anything (the
     // hook reads them again when it mounts).
     if !request.no_driver {
-        crate::mounts::read_lists(
+        crate::start::mounts::read_lists(
             &config.mount_list_dir,
             &request.mount_lists,
             request.mount_lists_explicit,
@@ -113,8 +113,8 @@ pub fn prepare_bundle(config: &Config, bundle: &Path) -> Result<bool, Error> {
     let (path, bytes) = Spec::read_bytes(bundle)?;
     // Most containers on a host are not NPU containers: without a request variable's name
     // anywhere in the file there is no request, and no need to parse it.
-    if !contains(&bytes, crate::request::VISIBLE_DEVICES.as_bytes())
-        && !contains(&bytes, crate::request::CDI_NPU_PREFIX.as_bytes())
+    if !contains(&bytes, crate::start::request::VISIBLE_DEVICES.as_bytes())
+        && !contains(&bytes, crate::start::request::CDI_NPU_PREFIX.as_bytes())
     {
         return Ok(false);
     }

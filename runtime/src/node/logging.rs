@@ -16,7 +16,7 @@ use tracing_subscriber::{
     registry::LookupSpan,
 };
 
-use crate::{args::RuncArgs, config::Config, config::LogLevel};
+use crate::{node::config::Config, node::config::LogLevel, start::args::RuncArgs};
 
 fn open_append(path: &Path) -> Option<File> {
     OpenOptions::new().create(true).append(true).open(path).ok()

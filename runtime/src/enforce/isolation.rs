@@ -8,10 +8,11 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    cgroup::{CgroupError, ContainerCgroups, Layout, v1},
-    config::Config,
-    devices::{DeviceError, Grant, HostDevices, registered_majors},
-    guard::{Guard, GuardError},
+    enforce::guard::{Guard, GuardError},
+    enforce::v1,
+    node::cgroup::{CgroupError, ContainerCgroups, Layout},
+    node::config::Config,
+    node::devices::{DeviceError, Grant, HostDevices, registered_majors},
 };
 
 #[derive(Debug, thiserror::Error)]

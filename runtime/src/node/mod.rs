@@ -1,0 +1,6 @@
+//! What this host is: facts every container start and every operator command reads.
+pub mod cgroup;
+pub mod config;
+pub mod devices;
+pub mod logging;
+pub mod state;

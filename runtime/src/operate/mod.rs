@@ -1,0 +1,9 @@
+//! `npu-ctk`'s commands, one module per command family.
+pub mod cdi;
+pub mod doctor;
+pub mod engines;
+pub mod gc;
+pub mod hooksd;
+pub mod live;
+pub mod monitor;
+pub mod policy;
