@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use crate::{
     enforce::guard::GuardError, enforce::isolation::IsolationError, node::cgroup::CgroupError,
-    node::config::ConfigError, node::devices::DeviceError, node::devices::Grant,
+    node::config::ConfigError, node::devices::DeviceError, node::rules::Grant,
     node::state::StateError, start::mounts::MountError, start::request::RequestError,
     start::spec::SpecError,
 };

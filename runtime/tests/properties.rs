@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use npu_runtime::{
-    enforce::v1::Rule,
+    node::rules::Rule,
     start::args::RuncArgs,
     start::mounts::parse_list,
     start::request::{MAX_INDEX, Request, Selection},

@@ -4,7 +4,7 @@
 //! hybrid case where the guard is attached on the unified tree as well.
 use std::process::Command;
 
-use npu_runtime::enforce::isolation::Enforced;
+use npu_runtime::node::state::Enforced;
 use npu_tests::{
     FakeHost, Holder, Place, TestCgroup, all_ops, assert_matrix, devices_v1_mount, guardctl,
     have_tool, probe, require, require_root, run, unified_mount, unique,

@@ -2,7 +2,7 @@
 //! and in a private mount namespace where cgroup2 is /sys/fs/cgroup (a pure v2 host).
 use std::{path::PathBuf, process::Command};
 
-use npu_runtime::enforce::isolation::Enforced;
+use npu_runtime::node::state::Enforced;
 use npu_tests::{
     FakeHost, Holder, Place, TestCgroup, V2Namespace, all_ops, assert_matrix, guardctl, have_tool,
     probe, require, require_root, run, unified_mount, unique,

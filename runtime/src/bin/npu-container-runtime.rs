@@ -41,7 +41,7 @@ fn main() {
     logging::init(
         config.as_ref().unwrap_or(&Config::default()),
         NAME,
-        Some(&parsed),
+        parsed.engine_log(),
     );
     let config = config.unwrap_or_else(|e| fail(&e.into()));
     let runtime = shim::find_runtime(&config).unwrap_or_else(|e| fail(&e));

@@ -3,16 +3,14 @@
 //! hosts) and the v1 `devices` controller (hybrid and legacy hosts).
 //!
 //! Any failure undoes what was done here and is returned: the caller fails the container.
-use std::path::PathBuf;
-
-use serde::{Deserialize, Serialize};
-
 use crate::{
     enforce::guard::{Guard, GuardError},
     enforce::v1,
     node::cgroup::{CgroupError, ContainerCgroups, Layout},
     node::config::Config,
-    node::devices::{DeviceError, Grant, HostDevices, registered_majors},
+    node::devices::{DeviceError, HostDevices, registered_majors},
+    node::rules::{Grant, Rule},
+    node::state::Enforced,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -27,16 +25,6 @@ pub enum IsolationError {
     V1(#[from] v1::V1Error),
     #[error("cannot read /proc/devices: {0}")]
     ProcDevices(std::io::Error),
-}
-
-/// What was enforced for a container: enough to release it later without its pid.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Enforced {
-    /// Guard program version the container is registered with (v2 layer), if any.
-    pub guard_version: Option<String>,
-    pub cgroup_id: Option<u64>,
-    pub unified_dir: Option<PathBuf>,
-    pub devices_v1_dir: Option<PathBuf>,
 }
 
 /// Enforces `grants` on the cgroups of process `pid` (a process of the container).
@@ -153,7 +141,7 @@ pub fn set_grant(
         }
     }
     if let Some(dir) = &done.devices_v1_dir {
-        let rule = v1::Rule::exact(grant.dev_type, grant.major, grant.minor, grant.access);
+        let rule = Rule::exact(grant.dev_type, grant.major, grant.minor, grant.access);
         let (deny, allow_rules) = if allow {
             (vec![], vec![rule])
         } else {

@@ -5,14 +5,14 @@
 //! inside an NPU container every node of a guarded class is denied unless granted.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fmt,
     os::unix::fs::{FileTypeExt, MetadataExt},
     path::{Path, PathBuf},
 };
 
-use npu_guard_common::{ACC_ALL, ACC_MKNOD, ACC_READ, ACC_WRITE, DEV_BLOCK, DEV_CHAR};
-
-use crate::node::config::Config;
+use crate::node::{
+    config::Config,
+    rules::{Access, DevType, DeviceClass, Grant},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
@@ -36,116 +36,6 @@ pub enum DeviceError {
     },
     #[error("required management device {path} is missing")]
     MissingManagement { path: PathBuf },
-    #[error("invalid access {0:?}: expected letters from \"rwm\"")]
-    Access(String),
-}
-
-/// Device type, as cgroup rules and the kernel's BPF context spell it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum DevType {
-    Char,
-    Block,
-}
-
-impl DevType {
-    /// `BPF_DEVCG_DEV_*` value.
-    pub fn bpf(self) -> u32 {
-        match self {
-            Self::Char => DEV_CHAR,
-            Self::Block => DEV_BLOCK,
-        }
-    }
-
-    pub fn from_bpf(value: u32) -> Option<Self> {
-        match value {
-            DEV_CHAR => Some(Self::Char),
-            DEV_BLOCK => Some(Self::Block),
-            _ => None,
-        }
-    }
-
-    /// Letter used by cgroup v1 rules and OCI `linux.resources.devices`.
-    pub fn letter(self) -> char {
-        match self {
-            Self::Char => 'c',
-            Self::Block => 'b',
-        }
-    }
-}
-
-/// Access bits (`BPF_DEVCG_ACC_*` values): read, write, mknod.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub struct Access(u32);
-
-impl Access {
-    pub const NONE: Self = Self(0);
-    pub const READ: Self = Self(ACC_READ);
-    pub const WRITE: Self = Self(ACC_WRITE);
-    pub const MKNOD: Self = Self(ACC_MKNOD);
-    pub const ALL: Self = Self(ACC_ALL);
-
-    pub fn bits(self) -> u32 {
-        self.0
-    }
-
-    /// Keeps only known bits.
-    pub fn from_bits(bits: u32) -> Self {
-        Self(bits & ACC_ALL)
-    }
-
-    pub fn contains(self, other: Self) -> bool {
-        self.0 & other.0 == other.0
-    }
-
-    pub fn is_empty(self) -> bool {
-        self.0 == 0
-    }
-
-    pub fn union(self, other: Self) -> Self {
-        Self(self.0 | other.0)
-    }
-
-    pub fn minus(self, other: Self) -> Self {
-        Self(self.0 & !other.0)
-    }
-
-    /// Parses `rwm` letters in any order (an empty string is no access).
-    pub fn parse(text: &str) -> Result<Self, DeviceError> {
-        let mut bits = 0;
-        for c in text.chars() {
-            bits |= match c {
-                'r' => ACC_READ,
-                'w' => ACC_WRITE,
-                'm' => ACC_MKNOD,
-                _ => return Err(DeviceError::Access(text.into())),
-            };
-        }
-        Ok(Self(bits))
-    }
-}
-
-impl fmt::Display for Access {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (bit, letter) in [(ACC_READ, 'r'), (ACC_WRITE, 'w'), (ACC_MKNOD, 'm')] {
-            if self.0 & bit != 0 {
-                write!(f, "{letter}")?;
-            }
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for Access {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Access({self})")
-    }
-}
-
-/// A device class: every node of one (type, major).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DeviceClass {
-    pub dev_type: DevType,
-    pub major: u32,
 }
 
 /// A device node found on the host.
@@ -164,6 +54,21 @@ pub struct DeviceNode {
 }
 
 impl DeviceNode {
+    /// Full access to this node.
+    pub fn full_grant(&self) -> Grant {
+        Grant {
+            dev_type: self.dev_type,
+            major: self.major,
+            minor: self.minor,
+            access: Access::ALL,
+        }
+    }
+
+    /// Whether `grant` is for this node.
+    pub fn granted_by(&self, grant: &Grant) -> bool {
+        (grant.dev_type, grant.major, grant.minor) == (self.dev_type, self.major, self.minor)
+    }
+
     pub fn class(&self) -> DeviceClass {
         DeviceClass {
             dev_type: self.dev_type,
@@ -197,71 +102,6 @@ impl DeviceNode {
             uid: meta.uid(),
             gid: meta.gid(),
         }))
-    }
-}
-
-/// One device a container may use, with the access it may use it with. Written as a cgroup
-/// rule, `c 240:1 rwm`, in records and messages.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-#[serde(into = "String", try_from = "String")]
-pub struct Grant {
-    pub dev_type: DevType,
-    pub major: u32,
-    pub minor: u32,
-    pub access: Access,
-}
-
-impl Grant {
-    pub fn full(node: &DeviceNode) -> Self {
-        Self {
-            dev_type: node.dev_type,
-            major: node.major,
-            minor: node.minor,
-            access: Access::ALL,
-        }
-    }
-
-    /// Whether this grant is for `node`.
-    pub fn covers(&self, node: &DeviceNode) -> bool {
-        (self.dev_type, self.major, self.minor) == (node.dev_type, node.major, node.minor)
-    }
-}
-
-impl fmt::Display for Grant {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let t = self.dev_type.letter();
-        write!(f, "{t} {}:{} {}", self.major, self.minor, self.access)
-    }
-}
-
-impl From<Grant> for String {
-    fn from(g: Grant) -> Self {
-        g.to_string()
-    }
-}
-
-impl TryFrom<String> for Grant {
-    type Error = String;
-
-    fn try_from(text: String) -> Result<Self, String> {
-        use crate::enforce::v1::{Rule, RuleType};
-        let bad = || format!("invalid grant {text:?}: expected \"c MAJOR:MINOR rwm\"");
-        match Rule::parse(&text).map_err(|_| bad())? {
-            Rule {
-                rule_type: RuleType::Dev(dev_type),
-                major: Some(major),
-                minor: Some(minor),
-                access,
-            } => Ok(Self {
-                dev_type,
-                major,
-                minor,
-                access,
-            }),
-            _ => Err(bad()),
-        }
     }
 }
 
@@ -424,7 +264,7 @@ pub struct ContainerDevice {
 
 /// Full-access grants for `devices`, sorted, without duplicates.
 pub fn grants(devices: &[ContainerDevice]) -> Vec<Grant> {
-    let mut grants: Vec<Grant> = devices.iter().map(|d| Grant::full(&d.node)).collect();
+    let mut grants: Vec<Grant> = devices.iter().map(|d| d.node.full_grant()).collect();
     grants.sort();
     grants.dedup();
     grants
@@ -512,33 +352,6 @@ mod tests {
         }
         h.management = vec![node("davinci_manager", 241, 0), node("devmm_svm", 242, 0)];
         h
-    }
-
-    #[test]
-    fn access_round_trips() {
-        assert_eq!(Access::parse("rwm").unwrap(), Access::ALL);
-        assert_eq!(Access::parse("mr").unwrap().to_string(), "rm");
-        assert_eq!(Access::parse("").unwrap(), Access::NONE);
-        assert!(Access::parse("rx").is_err());
-        assert!(Access::ALL.contains(Access::READ.union(Access::WRITE)));
-        assert_eq!(Access::ALL.minus(Access::READ).to_string(), "wm");
-    }
-
-    #[test]
-    fn grant_text_round_trips() {
-        let g = Grant::full(&node("davinci1", 240, 1));
-        assert_eq!(g.to_string(), "c 240:1 rwm");
-        assert_eq!(Grant::try_from(g.to_string()).unwrap(), g);
-        for bad in [
-            "",
-            "c 240:1",
-            "x 1:1 r",
-            "c a:1 r",
-            "c 1:1 rx",
-            "c 1:1 r extra",
-        ] {
-            assert!(Grant::try_from(bad.to_string()).is_err(), "{bad}");
-        }
     }
 
     #[test]

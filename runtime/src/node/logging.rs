@@ -16,7 +16,7 @@ use tracing_subscriber::{
     registry::LookupSpan,
 };
 
-use crate::{node::config::Config, node::config::LogLevel, start::args::RuncArgs};
+use crate::node::config::{Config, LogLevel};
 
 fn open_append(path: &Path) -> Option<File> {
     OpenOptions::new().create(true).append(true).open(path).ok()
@@ -32,9 +32,17 @@ fn level(l: LogLevel) -> LevelFilter {
     }
 }
 
+/// The log the engine asked the runtime for: runc's `--log`, `--log-format` and `--debug`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineLog<'a> {
+    pub file: &'a Path,
+    pub json: bool,
+    pub debug: bool,
+}
+
 /// Installs the global subscriber. A log file that cannot be opened is skipped: logging
 /// must never be the reason a container fails.
-pub fn init(config: &Config, program: &'static str, runc: Option<&RuncArgs>) {
+pub fn init(config: &Config, program: &'static str, engine: Option<EngineLog<'_>>) {
     let file_layer = config.log_file.as_deref().and_then(open_append).map(|f| {
         tracing_subscriber::fmt::layer()
             .with_ansi(false)
@@ -42,16 +50,15 @@ pub fn init(config: &Config, program: &'static str, runc: Option<&RuncArgs>) {
             .with_writer(Mutex::new(f))
             .with_filter(level(config.log_level))
     });
-    let runc_layer = runc
-        .and_then(|r| r.log.as_deref().map(|p| (r, p)))
-        .and_then(|(r, p)| open_append(p).map(|f| (r, f)))
+    let runc_layer = engine
+        .and_then(|r| open_append(r.file).map(|f| (r, f)))
         .map(|(r, f)| {
             let filter = if r.debug {
                 LevelFilter::DEBUG
             } else {
                 LevelFilter::WARN
             };
-            let json = r.json_logs();
+            let json = r.json;
             tracing_subscriber::fmt::layer()
                 .with_ansi(false)
                 .with_writer(Mutex::new(f))

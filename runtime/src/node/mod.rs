@@ -3,4 +3,5 @@ pub mod cgroup;
 pub mod config;
 pub mod devices;
 pub mod logging;
+pub mod rules;
 pub mod state;

@@ -7,7 +7,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{enforce::isolation::Enforced, node::devices::Grant};
+use crate::node::rules::Grant;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -37,6 +37,16 @@ pub struct Record {
     /// Grants taken away from the running container (`npu-ctk device revoke`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub revoked: Vec<Grant>,
+}
+
+/// What was enforced for a container: enough to release it later without its pid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enforced {
+    /// Guard program version the container is registered with (v2 layer), if any.
+    pub guard_version: Option<String>,
+    pub cgroup_id: Option<u64>,
+    pub unified_dir: Option<PathBuf>,
+    pub devices_v1_dir: Option<PathBuf>,
 }
 
 /// Temporary record files are `.record.<writer pid>.<random>`.
@@ -159,7 +169,7 @@ pub fn remove(state_dir: &Path, id: &str) -> Result<(), StateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::devices::{Access, DevType};
+    use crate::node::rules::{Access, DevType};
 
     #[test]
     fn round_trip_and_ids() {

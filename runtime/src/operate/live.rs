@@ -3,11 +3,8 @@
 //! Effective for the next open or mknod. No device cgroup (v1 or BPF) can take back a file
 //! descriptor the container already holds: revoking does not close open NPU handles.
 use crate::{
-    enforce::isolation,
-    error::Error,
-    node::config::Config,
-    node::devices::{Grant, HostDevices},
-    node::state,
+    enforce::isolation, error::Error, node::config::Config, node::devices::HostDevices,
+    node::rules::Grant, node::state,
 };
 
 /// What a revoke or restore did.
@@ -27,7 +24,7 @@ pub fn set_npu(config: &Config, id: &str, npu: u32, allow: bool) -> Result<Chang
     let grant = [host.chips.get(&npu), host.virtual_chips.get(&npu)]
         .into_iter()
         .flatten()
-        .find_map(|node| record.grants.iter().find(|g| g.covers(node)).copied())
+        .find_map(|node| record.grants.iter().find(|g| node.granted_by(g)).copied())
         .ok_or(Error::NotGranted {
             id: id.to_string(),
             npu,

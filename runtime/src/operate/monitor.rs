@@ -16,7 +16,8 @@ use crate::{
     enforce::guard,
     error::Error,
     node::config::Config,
-    node::devices::{Access, DevType, HostDevices},
+    node::devices::HostDevices,
+    node::rules::{Access, DevType},
     node::state,
 };
 

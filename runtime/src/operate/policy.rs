@@ -9,7 +9,7 @@ use crate::{
     enforce::guard::{self, Guard},
     error::Error,
     node::config::Config,
-    node::devices::Grant,
+    node::rules::Grant,
     node::state,
 };
 

@@ -5,6 +5,8 @@
 //! global flags before the subcommand and subcommand flags before the container id.
 use std::path::PathBuf;
 
+use crate::node::logging::EngineLog;
+
 /// runc global flags that take a value.
 const GLOBAL_VALUE_FLAGS: &[&str] = &["log", "log-format", "root", "criu", "rootless"];
 /// `create`/`run` flags that take a value.
@@ -111,6 +113,15 @@ impl RuncArgs {
 
     pub fn json_logs(&self) -> bool {
         self.log_format.as_deref() == Some("json")
+    }
+
+    /// The log file the engine named (`--log`), with its format and level.
+    pub fn engine_log(&self) -> Option<EngineLog<'_>> {
+        self.log.as_deref().map(|file| EngineLog {
+            file,
+            json: self.json_logs(),
+            debug: self.debug,
+        })
     }
 }
 

@@ -21,7 +21,7 @@ use rustix::{
     mount::{MoveMountFlags, OpenTreeFlags},
 };
 
-use crate::node::devices::{ContainerDevice, DevType};
+use crate::node::{devices::ContainerDevice, rules::DevType};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {

@@ -13,7 +13,10 @@ use oci_spec::runtime::{
 };
 use serde_json::{Map, Value, json};
 
-use crate::node::devices::{Access, ContainerDevice, DevType, Grant};
+use crate::node::{
+    devices::ContainerDevice,
+    rules::{Access, DevType, Grant},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {

@@ -14,10 +14,11 @@ use std::os::unix::fs::MetadataExt;
 
 use npu_runtime::{
     enforce::guard::Guard,
-    enforce::isolation::{self, Enforced},
+    enforce::isolation,
     node::cgroup::{ContainerCgroups, Layout, UnifiedCgroup},
     node::config::Config,
     node::devices::HostDevices,
+    node::state::Enforced,
 };
 
 fn main() {

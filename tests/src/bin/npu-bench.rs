@@ -19,7 +19,7 @@ use std::{
 use npu_runtime::{
     enforce::guard::Guard,
     node::config::PATH_ENV,
-    node::devices::{Access, DevType, Grant},
+    node::rules::{Access, DevType, Grant},
 };
 use npu_tests::{FakeHost, Place, RuncContainer, V2Namespace, bin, run, unique, write_bundle};
 

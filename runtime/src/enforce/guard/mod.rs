@@ -24,7 +24,7 @@ use npu_guard_common::{
     MAP_DENIALS, MAP_GRANTS, MAX_MAJORS, PROGRAM_NAME,
 };
 
-use crate::node::devices::{Access, DevType, DeviceClass, Grant};
+use crate::node::rules::{Access, DevType, DeviceClass, Grant};
 
 /// The guard program, built from `ebpf/` by this crate's build script.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/npu-guard"));
