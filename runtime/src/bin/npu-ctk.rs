@@ -5,15 +5,11 @@ use clap::{CommandFactory, Parser, Subcommand};
 use npu_runtime::{
     error::Error,
     node::config::Config,
-    node::devices::HostDevices,
-    operate::cdi,
-    operate::doctor,
-    operate::engines::{self, Engine},
-    operate::gc,
-    operate::hooksd,
-    operate::live,
-    operate::monitor,
-    operate::policy,
+    operate::{
+        cdi, devices, doctor,
+        engines::{self, Engine},
+        gc, hooksd, live, monitor, policy,
+    },
     start::shim,
 };
 
@@ -188,21 +184,6 @@ fn load_config() -> Result<Config, Error> {
     Ok(Config::load()?)
 }
 
-/// The environment our hook runs with when an engine starts it from a hooks.d or CDI file:
-/// a PATH, and this configuration file if one is named.
-fn hook_env() -> Vec<String> {
-    let mut env =
-        vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()];
-    if let Some(cfg) = std::env::var_os(npu_runtime::node::config::PATH_ENV) {
-        env.push(format!(
-            "{}={}",
-            npu_runtime::node::config::PATH_ENV,
-            cfg.to_string_lossy()
-        ));
-    }
-    env
-}
-
 /// A binary installed next to npu-ctk.
 fn sibling(name: &str) -> Result<PathBuf, Error> {
     std::env::current_exe()
@@ -249,28 +230,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 },
                 add,
             )?;
-            let path = outcome.path.display();
-            if !outcome.changed {
-                print(format!(
-                    "{path}: already {}; no change",
-                    if add {
-                        "configured"
-                    } else {
-                        "without the npu runtime"
-                    }
-                ));
-            } else if args.dry_run {
-                print(format!(
-                    "{path}: would change (dry run, nothing written):\n{}",
-                    outcome.diff
-                ));
-            } else {
-                print(format!("{path}: updated"));
-                if let Some(b) = outcome.backup {
-                    print(format!("previous version kept in {}", b.display()));
-                }
-                print("restart the engine (or reload its configuration) to apply".into());
-            }
+            print(outcome.report(add, args.dry_run));
         }
         Command::Cdi {
             command:
@@ -285,7 +245,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 Some(p) => p,
                 None => sibling(shim::HOOK_BINARY)?,
             };
-            let spec = cdi::generate(&config, &vendor_class, &hook, &hook_env())?;
+            let spec = cdi::generate(&config, &vendor_class, &hook, &shim::hook_env())?;
             match output {
                 Some(path) => {
                     std::fs::write(&path, json(&spec) + "\n").map_err(|source| Error::Stdio {
@@ -303,22 +263,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 DeviceCommand::Revoke { container, npu } => (container, npu, false),
                 DeviceCommand::Restore { container, npu } => (container, npu, true),
             };
-            let verb = if allow { "restored" } else { "revoked" };
-            match live::set_npu(&config, &id, npu, allow)? {
-                live::Change::Done(grant) => {
-                    print(format!("NPU {npu} ({grant}) {verb} for {id}"));
-                    if !allow {
-                        print(
-                            "effective for the next open or mknod; file descriptors the \
-                             container already holds stay open"
-                                .into(),
-                        );
-                    }
-                }
-                live::Change::Unchanged(grant) => print(format!(
-                    "NPU {npu} ({grant}) already {verb} for {id}; no change"
-                )),
-            }
+            print(live::set_npu(&config, &id, npu, allow)?.report(&id, npu, allow));
         }
         Command::Hook {
             command:
@@ -331,34 +276,19 @@ fn run(cli: Cli) -> Result<(), Error> {
                 Some(p) => p,
                 None => sibling(shim::HOOK_BINARY)?,
             };
-            for path in hooksd::install(&hooks_dir, &hook, &hook_env())? {
+            for path in hooksd::install(&hooks_dir, &hook, &shim::hook_env())? {
                 print(format!("wrote {}", path.display()));
             }
         }
         Command::Doctor { json: as_json } => {
             let config = load_config()?;
             let checks = doctor::run(&config, &sibling("npu-container-runtime")?);
-            if as_json {
-                print(json(&checks));
+            print(if as_json {
+                json(&checks)
             } else {
-                for c in &checks {
-                    let tag = match c.verdict {
-                        doctor::Verdict::Ok => "[ ok ]",
-                        doctor::Verdict::Warn => "[warn]",
-                        doctor::Verdict::Fail => "[FAIL]",
-                    };
-                    let fix = if c.fix.is_empty() {
-                        String::new()
-                    } else {
-                        format!("\n       fix: {}", c.fix)
-                    };
-                    print(format!("{tag} {}: {}{fix}", c.name, c.detail));
-                }
-            }
-            let failed = checks
-                .iter()
-                .filter(|c| c.verdict == doctor::Verdict::Fail)
-                .count();
+                doctor::report(&checks)
+            });
+            let failed = doctor::failures(&checks);
             if failed > 0 {
                 return Err(Error::ChecksFailed(failed));
             }
@@ -372,60 +302,12 @@ fn run(cli: Cli) -> Result<(), Error> {
             );
         }
         Command::Devices { json: as_json } => {
-            let config = load_config()?;
-            let host = HostDevices::discover(&config)?;
-            let mut rows: Vec<(String, &npu_runtime::node::devices::DeviceNode)> = Vec::new();
-            rows.extend(host.chips.iter().map(|(i, n)| (format!("npu {i}"), n)));
-            rows.extend(
-                host.virtual_chips
-                    .iter()
-                    .map(|(i, n)| (format!("virtual npu {i}"), n)),
-            );
-            rows.extend(
-                host.management
-                    .iter()
-                    .map(|n| ("management".to_string(), n)),
-            );
-            if as_json {
-                let list: Vec<_> = rows
-                    .iter()
-                    .map(|(role, n)| {
-                        serde_json::json!({"role": role, "path": n.path, "type": n.dev_type.letter().to_string(),
-                            "major": n.major, "minor": n.minor})
-                    })
-                    .collect();
-                print(json(&serde_json::json!({
-                    "devices": list,
-                    "missing_management": host.missing_management,
-                })));
+            let listing = devices::Listing::discover(&load_config()?)?;
+            print(if as_json {
+                json(&listing.json())
             } else {
-                print(format!(
-                    "{:<16} {:<28} {:<4} MAJOR:MINOR",
-                    "ROLE", "PATH", "TYPE"
-                ));
-                for (role, n) in &rows {
-                    print(format!(
-                        "{role:<16} {:<28} {:<4} {}:{}",
-                        n.path.display(),
-                        n.dev_type.letter(),
-                        n.major,
-                        n.minor
-                    ));
-                }
-                for missing in &host.missing_management {
-                    print(format!(
-                        "{:<16} {:<28} MISSING",
-                        "management",
-                        missing.display()
-                    ));
-                }
-                if rows.is_empty() {
-                    print(format!(
-                        "no NPU devices under {}",
-                        config.dev_root.display()
-                    ));
-                }
-            }
+                listing.table()
+            });
         }
         Command::Policy {
             command:
@@ -434,72 +316,24 @@ fn run(cli: Cli) -> Result<(), Error> {
                     json: as_json,
                 },
         } => {
-            let config = load_config()?;
-            let mut entries = policy::collect(&config)?;
-            if let Some(id) = &container {
-                entries.retain(|e| e.id.as_deref() == Some(id));
-                if entries.is_empty() {
-                    return Err(Error::UnknownContainer(id.clone()));
-                }
-            }
-            if as_json {
-                print(json(&entries));
+            let entries = policy::show(&load_config()?, container.as_deref())?;
+            print(if as_json {
+                json(&entries)
             } else {
-                print(format!(
-                    "{:<24} {:>10} {:>9} {:>9}  GRANTS",
-                    "CONTAINER", "CGROUP-ID", "ALLOWED", "DENIED"
-                ));
-                let num = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
-                for e in &entries {
-                    let grants: Vec<String> = e.grants.iter().map(ToString::to_string).collect();
-                    print(format!(
-                        "{:<24} {:>10} {:>9} {:>9}  {}",
-                        e.id.as_deref().unwrap_or("(unknown: run gc)"),
-                        num(e.cgroup_id),
-                        num(e.allowed),
-                        num(e.denied),
-                        grants.join(", ")
-                    ));
-                    if !e.revoked.is_empty() {
-                        let revoked: Vec<String> =
-                            e.revoked.iter().map(ToString::to_string).collect();
-                        print(format!("{:<24} revoked {}", "", revoked.join(", ")));
-                    }
-                    for cg in &e.cgroups {
-                        print(format!("{:<24} cgroup {}", "", cg.display()));
-                    }
-                }
-            }
+                policy::table(&entries)
+            });
         }
         Command::Monitor { json: as_json } => {
             let config = load_config()?;
             monitor::run(&config, as_json, &mut std::io::stdout())?;
         }
         Command::Gc { json: as_json } => {
-            let config = load_config()?;
-            let report = gc::run(&config)?;
-            if as_json {
-                print(json(&report));
+            let report = gc::run(&load_config()?)?;
+            print(if as_json {
+                json(&report)
             } else {
-                print(format!(
-                    "removed {} record(s), {} map entr(y/ies), {} old program version(s)",
-                    report.records.len(),
-                    report.map_entries.len(),
-                    report.versions.len()
-                ));
-                for id in &report.records {
-                    print(format!("  record {id}"));
-                }
-                for (v, id) in &report.map_entries {
-                    print(format!("  cgroup {id} in program {v}"));
-                }
-                for v in &report.versions {
-                    print(format!("  program version {v}"));
-                }
-                for p in &report.problems {
-                    print(format!("  left as is: {p}"));
-                }
-            }
+                report.text()
+            });
         }
     }
     Ok(())

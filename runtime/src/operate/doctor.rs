@@ -43,6 +43,32 @@ fn check(name: &str, verdict: Verdict, detail: String, fix: &str) -> Check {
     }
 }
 
+/// One line per check, with the fix under it when there is one.
+pub fn report(checks: &[Check]) -> String {
+    let lines: Vec<String> = checks
+        .iter()
+        .map(|c| {
+            let tag = match c.verdict {
+                Verdict::Ok => "[ ok ]",
+                Verdict::Warn => "[warn]",
+                Verdict::Fail => "[FAIL]",
+            };
+            let fix = if c.fix.is_empty() {
+                String::new()
+            } else {
+                format!("\n       fix: {}", c.fix)
+            };
+            format!("{tag} {}: {}{fix}", c.name, c.detail)
+        })
+        .collect();
+    lines.join("\n")
+}
+
+/// How many checks failed.
+pub fn failures(checks: &[Check]) -> usize {
+    checks.iter().filter(|c| c.verdict == Verdict::Fail).count()
+}
+
 /// Runs every check. `runtime_path` is the shim engines should point at.
 pub fn run(config: &Config, runtime_path: &Path) -> Vec<Check> {
     let mut out = Vec::new();

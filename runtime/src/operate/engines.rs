@@ -75,6 +75,33 @@ pub struct Outcome {
     pub backup: Option<PathBuf>,
 }
 
+impl Outcome {
+    /// What `npu-ctk runtime configure|unconfigure` prints: `added` says which of the two ran.
+    pub fn report(&self, added: bool, dry_run: bool) -> String {
+        let path = self.path.display();
+        if !self.changed {
+            let state = if added {
+                "configured"
+            } else {
+                "without the npu runtime"
+            };
+            return format!("{path}: already {state}; no change");
+        }
+        if dry_run {
+            return format!(
+                "{path}: would change (dry run, nothing written):\n{}",
+                self.diff
+            );
+        }
+        let mut lines = vec![format!("{path}: updated")];
+        if let Some(b) = &self.backup {
+            lines.push(format!("previous version kept in {}", b.display()));
+        }
+        lines.push("restart the engine (or reload its configuration) to apply".into());
+        lines.join("\n")
+    }
+}
+
 pub struct Request<'a> {
     pub engine: Engine,
     pub config: &'a Path,

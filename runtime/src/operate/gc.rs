@@ -32,6 +32,31 @@ pub struct Report {
     pub problems: Vec<String>,
 }
 
+impl Report {
+    /// What `npu-ctk gc` prints.
+    pub fn text(&self) -> String {
+        let mut lines = vec![format!(
+            "removed {} record(s), {} map entr(y/ies), {} old program version(s)",
+            self.records.len(),
+            self.map_entries.len(),
+            self.versions.len()
+        )];
+        lines.extend(self.records.iter().map(|id| format!("  record {id}")));
+        lines.extend(
+            self.map_entries
+                .iter()
+                .map(|(v, id)| format!("  cgroup {id} in program {v}")),
+        );
+        lines.extend(
+            self.versions
+                .iter()
+                .map(|v| format!("  program version {v}")),
+        );
+        lines.extend(self.problems.iter().map(|p| format!("  left as is: {p}")));
+        lines.join("\n")
+    }
+}
+
 /// Ids of every cgroup under `root` (directory inode numbers on cgroup2 are cgroup ids).
 fn live_cgroup_ids(root: &Path) -> BTreeSet<u64> {
     let mut ids = BTreeSet::new();

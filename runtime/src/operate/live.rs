@@ -15,6 +15,23 @@ pub enum Change {
     Unchanged(Grant),
 }
 
+impl Change {
+    /// What `npu-ctk device revoke|restore` prints.
+    pub fn report(&self, id: &str, npu: u32, allow: bool) -> String {
+        let verb = if allow { "restored" } else { "revoked" };
+        match self {
+            Self::Done(grant) if allow => format!("NPU {npu} ({grant}) {verb} for {id}"),
+            Self::Done(grant) => format!(
+                "NPU {npu} ({grant}) {verb} for {id}\neffective for the next open or mknod; \
+                 file descriptors the container already holds stay open"
+            ),
+            Self::Unchanged(grant) => {
+                format!("NPU {npu} ({grant}) already {verb} for {id}; no change")
+            }
+        }
+    }
+}
+
 /// Revokes (`allow = false`) or restores NPU `npu` of container `id`. Only what the container
 /// was originally given can be restored.
 pub fn set_npu(config: &Config, id: &str, npu: u32, allow: bool) -> Result<Change, Error> {

@@ -1,5 +1,6 @@
 //! `npu-ctk`'s commands, one module per command family.
 pub mod cdi;
+pub mod devices;
 pub mod doctor;
 pub mod engines;
 pub mod gc;

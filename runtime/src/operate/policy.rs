@@ -91,3 +91,49 @@ pub fn collect(config: &Config) -> Result<Vec<PolicyEntry>, Error> {
     entries.sort_by(|a, b| (a.id.is_none(), &a.id).cmp(&(b.id.is_none(), &b.id)));
     Ok(entries)
 }
+
+/// The entries `npu-ctk policy show [ID]` prints: all of them, or the container `id`'s (an
+/// error if it has none).
+pub fn show(config: &Config, id: Option<&str>) -> Result<Vec<PolicyEntry>, Error> {
+    let mut entries = collect(config)?;
+    if let Some(id) = id {
+        entries.retain(|e| e.id.as_deref() == Some(id));
+        if entries.is_empty() {
+            return Err(Error::UnknownContainer(id.to_string()));
+        }
+    }
+    Ok(entries)
+}
+
+/// The policy as a table: one row per container, its revoked grants and cgroups under it.
+pub fn table(entries: &[PolicyEntry]) -> String {
+    let mut lines = vec![format!(
+        "{:<24} {:>10} {:>9} {:>9}  GRANTS",
+        "CONTAINER", "CGROUP-ID", "ALLOWED", "DENIED"
+    )];
+    let num = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+    let list = |grants: &[Grant]| {
+        grants
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for e in entries {
+        lines.push(format!(
+            "{:<24} {:>10} {:>9} {:>9}  {}",
+            e.id.as_deref().unwrap_or("(unknown: run gc)"),
+            num(e.cgroup_id),
+            num(e.allowed),
+            num(e.denied),
+            list(&e.grants)
+        ));
+        if !e.revoked.is_empty() {
+            lines.push(format!("{:<24} revoked {}", "", list(&e.revoked)));
+        }
+        for cg in &e.cgroups {
+            lines.push(format!("{:<24} cgroup {}", "", cg.display()));
+        }
+    }
+    lines.join("\n")
+}

@@ -70,11 +70,20 @@ pub fn hook_command() -> Result<HookCommand, Error> {
     if !path.is_file() {
         return Err(Error::NoHook(path));
     }
+    Ok(HookCommand {
+        path,
+        env: hook_env(),
+    })
+}
+
+/// The environment our hook runs with (runtimes do not pass theirs on): a PATH, and the
+/// configuration file this process was told about, if any.
+pub fn hook_env() -> Vec<String> {
     let mut env = vec![HOOK_PATH_ENV.to_string()];
     if let Some(config) = std::env::var_os(config::PATH_ENV) {
         env.push(format!("{}={}", config::PATH_ENV, config.to_string_lossy()));
     }
-    Ok(HookCommand { path, env })
+    env
 }
 
 /// Adds the devices, grants, hooks and env of `request` to the spec.
