@@ -1,13 +1,13 @@
 //! Engines for the suites. A private Docker daemon: its own data-root, exec-root, socket and
 //! daemon.json (configured with `npu-ctk runtime configure --runtime=docker`), started on the
-//! host or inside a [`crate::V2Namespace`], stopped by pid.
+//! host or inside a [`crate::cgroups::V2Namespace`], stopped by pid.
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use crate::{FakeHost, Place, bin, busybox_rootfs, run, unique};
+use crate::{bin, cgroups::Place, host::FakeHost, run, runc::busybox_rootfs, unique};
 
 pub struct Dockerd {
     child: Child,
@@ -218,7 +218,7 @@ pub fn parse_matrix(text: &str, chips: u32) -> Vec<String> {
                 .lines()
                 .find(|l| l.starts_with(&format!("{i} ")))
                 .unwrap_or_else(|| panic!("no verdict for NPU {i} in:\n{text}"));
-            crate::errno_of(false, line)
+            crate::runc::errno_of(false, line)
         })
         .collect()
 }

@@ -5,9 +5,13 @@ use std::{path::PathBuf, process::Command};
 
 use npu_runtime::node::config::PATH_ENV;
 use npu_tests::{
-    FakeHost, bin, each_cgroup_mode,
+    bin,
+    cgroups::each_cgroup_mode,
     engines::{Podman, matrix_script, parse_matrix},
-    expect_only, have_tool, require, require_root, run,
+    have_tool,
+    host::FakeHost,
+    require, require_root, run,
+    runc::expect_only,
 };
 
 fn generate(host: &FakeHost, output: &std::path::Path) -> serde_json::Value {

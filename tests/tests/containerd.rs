@@ -5,9 +5,11 @@
 //! runc cannot create any ctr container there, with or without our runtime; Docker, Podman
 //! and runc cover pure v2.
 use npu_tests::{
-    FakeHost, Place,
+    cgroups::Place,
     engines::{Containerd, matrix_script, parse_matrix},
-    have_tool, require, require_root,
+    have_tool,
+    host::FakeHost,
+    require, require_root,
 };
 
 #[test]
@@ -34,7 +36,7 @@ fn ctr_pair_with_disjoint_npus() {
             let out = c.exec(id, &script);
             assert_eq!(
                 parse_matrix(&out, host.chips),
-                npu_tests::expect_only(&granted, host.chips),
+                npu_tests::runc::expect_only(&granted, host.chips),
                 "{mode} {id}:\n{out}"
             );
         }

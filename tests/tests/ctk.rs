@@ -4,8 +4,14 @@ use std::{collections::BTreeSet, process::Command};
 
 use npu_runtime::node::config::PATH_ENV;
 use npu_tests::{
-    FakeHost, Place, TestCgroup, V2Namespace, bin, guardctl, have_tool, open_verdict, require,
-    require_root, run, unified_mount, unique,
+    bin,
+    cgroups::{Place, TestCgroup, V2Namespace, unified_mount},
+    have_tool,
+    host::FakeHost,
+    probe::guardctl,
+    require, require_root, run,
+    runc::open_verdict,
+    unique,
 };
 
 fn can_run() -> bool {
@@ -84,8 +90,8 @@ fn policy_show_agrees_with_bpftool() {
     let ns = V2Namespace::new();
     for (place, mode) in [(Place::V2(&ns), "v2"), (Place::Host, "v1")] {
         let host = FakeHost::new(4);
-        let a = npu_tests::start_npu(place, &host, "0").expect("start");
-        let b = npu_tests::start_npu(place, &host, "2,3").expect("start");
+        let a = npu_tests::runc::start_npu(place, &host, "0").expect("start");
+        let b = npu_tests::runc::start_npu(place, &host, "2,3").expect("start");
         // Make some verdicts to count.
         assert_eq!(open_verdict(&a, "/dev/davinci0"), "ENXIO");
         assert_eq!(a.node_verdict(host.chip_major, 1), "EPERM");
@@ -157,7 +163,7 @@ fn gc_removes_only_what_is_dead() {
     }
     let ns = V2Namespace::new();
     let host = FakeHost::new(3);
-    let alive = npu_tests::start_npu(Place::V2(&ns), &host, "1").expect("start");
+    let alive = npu_tests::runc::start_npu(Place::V2(&ns), &host, "1").expect("start");
 
     // A container whose poststop never ran: registered, then its cgroup vanished.
     let dead = TestCgroup::new(&unified_mount(), &unique("npu-dead"));

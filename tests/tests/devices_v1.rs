@@ -6,8 +6,11 @@ use std::process::Command;
 
 use npu_runtime::node::state::Enforced;
 use npu_tests::{
-    FakeHost, Holder, Place, TestCgroup, all_ops, assert_matrix, devices_v1_mount, guardctl,
-    have_tool, probe, require, require_root, run, unified_mount, unique,
+    cgroups::{Place, TestCgroup, devices_v1_mount, unified_mount},
+    have_tool,
+    host::FakeHost,
+    probe::{Holder, all_ops, assert_matrix, guardctl, probe},
+    require, require_root, run, unique,
 };
 
 fn v1_mount() -> Option<std::path::PathBuf> {

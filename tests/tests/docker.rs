@@ -5,9 +5,12 @@ use std::{collections::BTreeSet, process::Command};
 
 use npu_runtime::node::config::PATH_ENV;
 use npu_tests::{
-    FakeHost, Place, bin,
+    bin,
+    cgroups::Place,
     engines::{Dockerd, matrix_script, parse_matrix},
-    have_tool, require, require_root, run,
+    have_tool,
+    host::FakeHost,
+    require, require_root, run,
 };
 
 fn can_run() -> bool {
@@ -21,7 +24,7 @@ fn can_run() -> bool {
 
 fn each_mode(test: impl Fn(Place<'_>, &str)) {
     if can_run() {
-        npu_tests::each_cgroup_mode(test);
+        npu_tests::cgroups::each_cgroup_mode(test);
     }
 }
 
@@ -63,7 +66,7 @@ fn docker_run_gets_exactly_its_npus() {
             let (_, out) = d.output(&args);
             assert_eq!(
                 parse_matrix(&out, host.chips),
-                npu_tests::expect_only(&[1], host.chips),
+                npu_tests::runc::expect_only(&[1], host.chips),
                 "{mode} {what}:\n{out}"
             );
             assert!(
@@ -146,12 +149,12 @@ fn docker_update_restart_and_rm() {
         };
         assert_eq!(
             verdicts(&a),
-            npu_tests::expect_only(&[0], host.chips),
+            npu_tests::runc::expect_only(&[0], host.chips),
             "{mode}: a"
         );
         assert_eq!(
             verdicts(&b),
-            npu_tests::expect_only(&[2, 3], host.chips),
+            npu_tests::runc::expect_only(&[2, 3], host.chips),
             "{mode}: b"
         );
 
@@ -186,7 +189,7 @@ fn docker_update_restart_and_rm() {
             assert!(ok, "{out}");
             assert_eq!(
                 verdicts(&a),
-                npu_tests::expect_only(&[0], host.chips),
+                npu_tests::runc::expect_only(&[0], host.chips),
                 "{mode}: after update"
             );
         }
@@ -194,7 +197,7 @@ fn docker_update_restart_and_rm() {
         assert!(ok, "{mode}: {out}");
         assert_eq!(
             verdicts(&a),
-            npu_tests::expect_only(&[0], host.chips),
+            npu_tests::runc::expect_only(&[0], host.chips),
             "{mode}: after restart"
         );
 

@@ -4,7 +4,12 @@
 use std::process::Command;
 
 use npu_tests::{
-    FakeHost, Place, RuncContainer, V2Namespace, bin, have_tool, require, require_root, run,
+    bin,
+    cgroups::{Place, V2Namespace},
+    have_tool,
+    host::FakeHost,
+    require, require_root, run,
+    runc::RuncContainer,
 };
 
 fn can_run() -> bool {
@@ -22,7 +27,7 @@ fn pins_deleted_under_running_containers() {
     let ns = V2Namespace::new();
     let place = Place::V2(&ns);
     let host = FakeHost::new(3);
-    let a = npu_tests::start_npu(place, &host, "0").expect("start");
+    let a = npu_tests::runc::start_npu(place, &host, "0").expect("start");
     let before = a.chip_verdicts(&host);
     assert_eq!(before, ["ENXIO", "EPERM", "EPERM"]);
     // Someone removes every pin.
@@ -30,7 +35,7 @@ fn pins_deleted_under_running_containers() {
     // The attached program and its maps live on: A keeps exactly its NPU.
     assert_eq!(a.chip_verdicts(&host), before, "after the pins vanished");
     // The next container loads and pins the program again and is guarded.
-    let b = npu_tests::start_npu(place, &host, "2").expect("start");
+    let b = npu_tests::runc::start_npu(place, &host, "2").expect("start");
     assert_eq!(b.chip_verdicts(&host), ["EPERM", "EPERM", "ENXIO"]);
     assert_eq!(a.chip_verdicts(&host), before, "A after B started");
     // A's cleanup has nothing to unpin and still removes its record.
@@ -51,7 +56,7 @@ fn bpffs_not_mounted() {
     let fs = run(ns.command("stat").args(["-f", "-c", "%T", "/sys/fs/bpf"]));
     assert_ne!(fs.trim(), "bpf_fs", "bpffs still mounted in the namespace");
     let host = FakeHost::new(2);
-    let c = npu_tests::start_npu(Place::V2(&ns), &host, "1").expect("start");
+    let c = npu_tests::runc::start_npu(Place::V2(&ns), &host, "1").expect("start");
     assert_eq!(c.chip_verdicts(&host), ["EPERM", "ENXIO"]);
     let fs = run(ns.command("stat").args(["-f", "-c", "%T", "/sys/fs/bpf"]));
     assert_eq!(
@@ -73,7 +78,7 @@ fn hook_killed_mid_work() {
         return;
     }
     let host = FakeHost::new(3);
-    let bystander = npu_tests::start_npu(Place::Host, &host, "2").expect("start");
+    let bystander = npu_tests::runc::start_npu(Place::Host, &host, "2").expect("start");
     // The shim injects the hook that sits next to it: a copy of the shim beside a wrapper.
     let dir = host.dir.path().join("killing");
     std::fs::create_dir_all(&dir).unwrap();
@@ -144,7 +149,7 @@ fn maps_full() {
     }
     let host = FakeHost::new(2);
     // Load the program by starting (and removing) one container.
-    drop(npu_tests::start_npu(Place::Host, &host, "0").expect("start"));
+    drop(npu_tests::runc::start_npu(Place::Host, &host, "0").expect("start"));
     let mut guard = npu_runtime::enforce::guard::Guard::ensure(&host.config.bpf_dir).unwrap();
     let fake = |i: usize| (1u64 << 42) + i as u64;
     let mut filled = 0;
@@ -156,7 +161,7 @@ fn maps_full() {
         );
     }
     assert_eq!(filled, npu_guard_common::MAX_CONTAINERS);
-    let err = npu_tests::start_npu(Place::Host, &host, "1")
+    let err = npu_tests::runc::start_npu(Place::Host, &host, "1")
         .err()
         .expect("a container started with the map full");
     assert!(err.contains("npu_containers"), "{err}");
@@ -164,7 +169,7 @@ fn maps_full() {
     for i in 0..filled {
         guard.unregister(fake(i), &[]).unwrap();
     }
-    let c = npu_tests::start_npu(Place::Host, &host, "1").expect("start");
+    let c = npu_tests::runc::start_npu(Place::Host, &host, "1").expect("start");
     assert_eq!(c.chip_verdicts(&host), ["EPERM", "ENXIO"]);
 }
 
@@ -199,7 +204,7 @@ fn runc_killed_mid_create() {
     )
     .unwrap();
     let id = npu_tests::unique("victim");
-    let (bundle, _) = npu_tests::write_bundle(&dir, &id, &["sleep", "600"], |spec| {
+    let (bundle, _) = npu_tests::runc::write_bundle(&dir, &id, &["sleep", "600"], |spec| {
         spec["process"]["env"]
             .as_array_mut()
             .unwrap()

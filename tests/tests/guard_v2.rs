@@ -4,8 +4,11 @@ use std::{path::PathBuf, process::Command};
 
 use npu_runtime::node::state::Enforced;
 use npu_tests::{
-    FakeHost, Holder, Place, TestCgroup, V2Namespace, all_ops, assert_matrix, guardctl, have_tool,
-    probe, require, require_root, run, unified_mount, unique,
+    cgroups::{Place, TestCgroup, V2Namespace, unified_mount},
+    have_tool,
+    host::FakeHost,
+    probe::{Holder, all_ops, assert_matrix, guardctl, probe},
+    require, require_root, run, unique,
 };
 
 fn bpftool(args: &[&str]) -> String {

@@ -3,8 +3,12 @@
 use std::process::Command;
 
 use npu_tests::{
-    FakeHost, Place, RuncContainer, V2Namespace, guardctl, have_tool, open_verdict, require,
-    require_root, run, unified_mount,
+    cgroups::{Place, V2Namespace, unified_mount},
+    have_tool,
+    host::FakeHost,
+    probe::guardctl,
+    require, require_root, run,
+    runc::{RuncContainer, open_verdict},
 };
 
 #[test]

@@ -9,7 +9,9 @@ use std::{
     sync::atomic::{AtomicBool, Ordering},
 };
 
-use npu_tests::{FakeHost, Place, RuncContainer, bin, have_tool, require, require_root};
+use npu_tests::{
+    bin, cgroups::Place, have_tool, host::FakeHost, require, require_root, runc::RuncContainer,
+};
 
 fn can_run() -> bool {
     require_root() && require("runc", have_tool("runc")) && require("busybox", have_tool("busybox"))

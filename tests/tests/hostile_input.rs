@@ -5,7 +5,12 @@ use std::{os::unix::fs::symlink, process::Command};
 
 use npu_runtime::node::config::PATH_ENV;
 use npu_tests::{
-    FakeHost, Place, RuncContainer, bin, have_tool, require, require_root, write_bundle,
+    bin,
+    cgroups::Place,
+    have_tool,
+    host::FakeHost,
+    require, require_root,
+    runc::{RuncContainer, write_bundle},
 };
 
 fn can_run() -> bool {

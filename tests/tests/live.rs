@@ -2,7 +2,12 @@
 //! cgroup v2 and on cgroup v1 (deny-all and allow-all device cgroups).
 
 use npu_tests::{
-    FakeHost, Place, RuncContainer, bin, each_cgroup_mode, have_tool, require, require_root,
+    bin,
+    cgroups::{Place, each_cgroup_mode},
+    have_tool,
+    host::FakeHost,
+    require, require_root,
+    runc::RuncContainer,
 };
 
 fn can_run() -> bool {

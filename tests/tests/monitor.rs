@@ -8,8 +8,12 @@ use std::{
 
 use npu_runtime::node::config::PATH_ENV;
 use npu_tests::{
-    FakeHost, Place, RuncContainer, bin, each_cgroup_mode, have_tool, require, require_root, run,
-    start_npu,
+    bin,
+    cgroups::{Place, each_cgroup_mode},
+    have_tool,
+    host::FakeHost,
+    require, require_root, run,
+    runc::{RuncContainer, start_npu},
 };
 
 fn can_run() -> bool {

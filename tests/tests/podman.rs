@@ -5,9 +5,12 @@ use std::process::Command;
 
 use npu_runtime::node::config::PATH_ENV;
 use npu_tests::{
-    FakeHost, Place, bin,
+    bin,
+    cgroups::Place,
     engines::{Podman, matrix_script, parse_matrix},
-    have_tool, require, require_root, run,
+    have_tool,
+    host::FakeHost,
+    require, require_root, run,
 };
 
 fn can_run() -> bool {
@@ -22,7 +25,7 @@ fn can_run() -> bool {
 
 fn each_mode(test: impl Fn(Place<'_>, &str)) {
     if can_run() {
-        npu_tests::each_cgroup_mode(test);
+        npu_tests::cgroups::each_cgroup_mode(test);
     }
 }
 
@@ -49,7 +52,7 @@ fn podman_runtime_mode() {
             let (_, out) = p.run(&["--runtime", "npu"], &args);
             assert_eq!(
                 parse_matrix(&out, host.chips),
-                npu_tests::expect_only(&[1], host.chips),
+                npu_tests::runc::expect_only(&[1], host.chips),
                 "{mode} {what}:\n{out}"
             );
             assert!(out.contains("davinci_manager"), "{mode} {what}:\n{out}");
@@ -87,7 +90,7 @@ fn podman_hook_mode() {
             let (_, out) = p.run(&global, &args);
             assert_eq!(
                 parse_matrix(&out, host.chips),
-                npu_tests::expect_only(&[2], host.chips),
+                npu_tests::runc::expect_only(&[2], host.chips),
                 "{mode} {what}:\n{out}"
             );
         }

@@ -4,8 +4,12 @@ use std::process::Command;
 
 use npu_runtime::node::config::PATH_ENV;
 use npu_tests::{
-    FakeHost, Place, RuncContainer, V2Namespace, bin, have_tool, open_verdict, require,
-    require_root, run,
+    bin,
+    cgroups::{Place, V2Namespace},
+    have_tool,
+    host::FakeHost,
+    require, require_root, run,
+    runc::{RuncContainer, open_verdict},
 };
 
 fn can_run() -> bool {
@@ -19,7 +23,7 @@ fn can_run() -> bool {
 /// Both places: the pure-v2 namespace and the host's v1 devices controller.
 fn each_place(test: impl Fn(Place<'_>, &str)) {
     if can_run() {
-        npu_tests::each_cgroup_mode(test);
+        npu_tests::cgroups::each_cgroup_mode(test);
     }
 }
 
@@ -60,7 +64,7 @@ fn one_npu_container() {
         assert_eq!(open_verdict(&c, "/dev/davinci0"), "ENOENT", "{mode}");
         assert_eq!(
             c.chip_verdicts(&host),
-            npu_tests::expect_only(&[1], host.chips),
+            npu_tests::runc::expect_only(&[1], host.chips),
             "{mode}"
         );
         // Driver files are there, read-only; missing list entries are skipped.
@@ -96,12 +100,12 @@ fn two_containers_with_disjoint_npus() {
         let b = start(place, &host, &["ASCEND_VISIBLE_DEVICES=2-3"], |_| {}).expect("b");
         assert_eq!(
             a.chip_verdicts(&host),
-            npu_tests::expect_only(&[0, 1], host.chips),
+            npu_tests::runc::expect_only(&[0, 1], host.chips),
             "{mode}: a"
         );
         assert_eq!(
             b.chip_verdicts(&host),
-            npu_tests::expect_only(&[2, 3], host.chips),
+            npu_tests::runc::expect_only(&[2, 3], host.chips),
             "{mode}: b"
         );
     });
@@ -129,7 +133,7 @@ fn privileged_container_still_gets_only_its_npu() {
         assert_eq!(open_verdict(&c, "/dev/davinci1"), "ENXIO", "{mode}");
         assert_eq!(
             c.chip_verdicts(&host),
-            npu_tests::expect_only(&[1], host.chips),
+            npu_tests::runc::expect_only(&[1], host.chips),
             "{mode}"
         );
         // Non-NPU devices keep working.
@@ -160,7 +164,11 @@ fn update_keeps_verdicts() {
         }
         run(update.arg(&c.id));
         assert_eq!(c.chip_verdicts(&host), before, "{mode}");
-        assert_eq!(before, npu_tests::expect_only(&[2], host.chips), "{mode}");
+        assert_eq!(
+            before,
+            npu_tests::runc::expect_only(&[2], host.chips),
+            "{mode}"
+        );
     });
 }
 
@@ -254,7 +262,7 @@ fn hook_only_mode() {
             assert_eq!(open_verdict(&c, "/dev/davinci_manager"), "ENXIO", "{mode}");
             assert_eq!(
                 c.chip_verdicts(&host),
-                npu_tests::expect_only(&[1], host.chips),
+                npu_tests::runc::expect_only(&[1], host.chips),
                 "{mode}"
             );
         }
@@ -270,7 +278,7 @@ fn bpftool_shows_the_guard() {
     let ns = V2Namespace::new();
     let host = FakeHost::new(2);
     let c = start(Place::V2(&ns), &host, &["ASCEND_VISIBLE_DEVICES=0"], |_| {}).expect("start");
-    let cgroup = npu_tests::unified_mount().join(c.unified_path().trim_start_matches('/'));
+    let cgroup = npu_tests::cgroups::unified_mount().join(c.unified_path().trim_start_matches('/'));
     let show = run(Command::new("bpftool").args(["cgroup", "show", cgroup.to_str().unwrap()]));
     assert!(show.contains("npu_dev_guard"), "{show}");
     assert_eq!(

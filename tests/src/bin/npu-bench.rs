@@ -21,7 +21,14 @@ use npu_runtime::{
     node::config::PATH_ENV,
     node::rules::{Access, DevType, Grant},
 };
-use npu_tests::{FakeHost, Place, RuncContainer, V2Namespace, bin, run, unique, write_bundle};
+use npu_tests::{
+    bin,
+    cgroups::{Place, V2Namespace},
+    host::FakeHost,
+    run,
+    runc::{RuncContainer, write_bundle},
+    unique,
+};
 
 const ROUNDS: usize = 200;
 

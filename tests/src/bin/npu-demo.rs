@@ -6,9 +6,13 @@ use std::process::Command;
 
 use npu_runtime::{node::cgroup::Layout, node::config::PATH_ENV, node::state};
 use npu_tests::{
-    FakeHost, Place, RuncContainer, V2Namespace, bin,
+    bin,
+    cgroups::{Place, V2Namespace},
     engines::{Dockerd, matrix_script, parse_matrix},
-    have_tool, open_verdict, run,
+    have_tool,
+    host::FakeHost,
+    run,
+    runc::{RuncContainer, open_verdict},
 };
 
 fn main() {
@@ -94,7 +98,7 @@ fn demo(place: Place<'_>, host: &FakeHost, title: &str) {
     for (_, c) in &containers {
         let record = state::read(&host.config.state_dir, &c.id).ok().flatten();
         if let Some(dir) = record.and_then(|r| r.enforced.unified_dir) {
-            let outside = npu_tests::unified_mount()
+            let outside = npu_tests::cgroups::unified_mount()
                 .join(dir.strip_prefix(place.unified_mount()).unwrap_or(&dir));
             println!("bpftool cgroup show {}:", outside.display());
             for line in run(Command::new("bpftool")

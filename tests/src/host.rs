@@ -1,0 +1,174 @@
+//! A simulated NPU host: fake device nodes with majors no driver owns, a driver tree, mount
+//! lists and a configuration pointing at them.
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use npu_runtime::node::{config::Config, devices::registered_majors};
+
+use crate::{run, unique};
+
+/// Char majors free on this host (not in /proc/devices), from the local/experimental range.
+pub fn free_char_majors(n: usize) -> Vec<u32> {
+    let used: BTreeSet<u32> =
+        registered_majors(&std::fs::read_to_string("/proc/devices").expect("read /proc/devices"))
+            .into_iter()
+            .filter(|c| c.dev_type.letter() == 'c')
+            .map(|c| c.major)
+            .collect();
+    let free: Vec<u32> = (234..=254).filter(|m| !used.contains(m)).take(n).collect();
+    assert_eq!(
+        free.len(),
+        n,
+        "not enough free char majors for fake devices"
+    );
+    free
+}
+
+/// A simulated NPU host: device nodes with majors no driver owns (opening an allowed node
+/// gives ENXIO, a denied one EPERM), a config pointing at them, and a private bpffs dir.
+pub struct FakeHost {
+    pub dir: tempfile::TempDir,
+    pub dev_root: PathBuf,
+    /// Where probes may mknod.
+    pub scratch: PathBuf,
+    pub config_path: PathBuf,
+    pub config: Config,
+    pub chip_major: u32,
+    pub mgmt_major: u32,
+    /// Major of `other0`, a device outside the guarded classes.
+    pub other_major: u32,
+    /// Major of the virtual NPUs `vdavinci0..chips`.
+    pub virtual_major: u32,
+    pub chips: u32,
+}
+
+impl FakeHost {
+    pub fn new(chips: u32) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("npu-test-")
+            .tempdir()
+            .expect("tempdir");
+        let dev_root = dir.path().join("dev");
+        let scratch = dir.path().join("scratch");
+        std::fs::create_dir_all(&dev_root).unwrap();
+        std::fs::create_dir_all(&scratch).unwrap();
+        let [chip_major, mgmt_major, other_major, virtual_major] = free_char_majors(4)[..] else {
+            unreachable!()
+        };
+        let mknod = |name: &str, major: u32, minor: u32| {
+            nix::sys::stat::mknod(
+                &dev_root.join(name),
+                nix::sys::stat::SFlag::S_IFCHR,
+                nix::sys::stat::Mode::from_bits_truncate(0o666),
+                nix::sys::stat::makedev(major.into(), minor.into()),
+            )
+            .unwrap_or_else(|e| panic!("mknod {name}: {e}"));
+        };
+        for i in 0..chips {
+            mknod(&format!("davinci{i}"), chip_major, i);
+            mknod(&format!("vdavinci{i}"), virtual_major, i);
+        }
+        for (minor, name) in ["davinci_manager", "devmm_svm", "hisi_hdc"]
+            .iter()
+            .enumerate()
+        {
+            mknod(name, mgmt_major, minor as u32);
+        }
+        mknod("other0", other_major, 0);
+
+        // A driver tree and the default mount list, as on an Ascend host.
+        let driver_root = dir.path().join("driver");
+        let lib64 = driver_root.join("usr/local/Ascend/driver/lib64");
+        std::fs::create_dir_all(&lib64).unwrap();
+        std::fs::write(lib64.join("libascend_hal.so"), "fake driver library\n").unwrap();
+        std::fs::write(
+            driver_root.join("usr/local/Ascend/driver/version.info"),
+            "Version=24.1.0\n",
+        )
+        .unwrap();
+        let mount_lists = dir.path().join("mounts.d");
+        std::fs::create_dir_all(&mount_lists).unwrap();
+        std::fs::write(
+            mount_lists.join("base.list"),
+            "# driver\n/usr/local/Ascend/driver/lib64\n/usr/local/Ascend/driver/version.info\n\
+             /usr/local/Ascend/not-installed\n",
+        )
+        .unwrap();
+
+        let bpf_dir = Path::new("/sys/fs/bpf").join(unique("npu-test"));
+        let config_path = dir.path().join("config.toml");
+        std::fs::write(
+            &config_path,
+            format!(
+                "dev_root = {:?}\ndriver_root = {:?}\nbpf_dir = {:?}\nstate_dir = {:?}\n\
+                 mount_list_dir = {:?}\nlog_file = {:?}\nlog_level = \"debug\"\n",
+                dev_root,
+                driver_root,
+                bpf_dir,
+                dir.path().join("state"),
+                mount_lists,
+                dir.path().join("runtime.log"),
+            ),
+        )
+        .unwrap();
+        let config = Config::from_file(&config_path).expect("test config");
+        Self {
+            dir,
+            dev_root,
+            scratch,
+            config_path,
+            config,
+            chip_major,
+            mgmt_major,
+            other_major,
+            virtual_major,
+            chips,
+        }
+    }
+
+    pub fn node(&self, name: &str) -> PathBuf {
+        self.dev_root.join(name)
+    }
+
+    pub fn chip(&self, index: u32) -> PathBuf {
+        self.node(&format!("davinci{index}"))
+    }
+
+    /// Container records currently in the state directory.
+    pub fn records(&self) -> Vec<String> {
+        std::fs::read_dir(&self.config.state_dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// cgroup ids with entries in the pinned grant maps (every pinned version).
+    pub fn granted_cgroups(&self) -> BTreeSet<u64> {
+        let mut ids = BTreeSet::new();
+        for version in
+            npu_runtime::enforce::guard::versions(&self.config.bpf_dir).unwrap_or_default()
+        {
+            let pin = self.config.bpf_dir.join(version).join("npu_grants");
+            let dump = run(Command::new("bpftool")
+                .args(["-j", "map", "dump", "pinned"])
+                .arg(&pin));
+            let entries: serde_json::Value = serde_json::from_str(&dump).unwrap();
+            for e in entries.as_array().unwrap() {
+                ids.insert(e["formatted"]["key"]["cgroup_id"].as_u64().unwrap());
+            }
+        }
+        ids
+    }
+}
+
+impl Drop for FakeHost {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.config.bpf_dir);
+    }
+}

@@ -1,0 +1,253 @@
+//! Real runc containers from busybox bundles, started through plain runc or our shim, and the
+//! verdicts seen from inside them.
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use crate::{bin, cgroups::Place, host::FakeHost, run, unique};
+
+/// A busybox root filesystem for containers.
+pub fn busybox_rootfs(dir: &Path) -> PathBuf {
+    let rootfs = dir.join("rootfs");
+    for sub in ["bin", "dev", "proc", "sys", "tmp", "etc"] {
+        std::fs::create_dir_all(rootfs.join(sub)).unwrap();
+    }
+    let busybox = ["/usr/bin/busybox", "/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("busybox (busybox-static) is installed");
+    std::fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
+    for applet in [
+        "sh", "cat", "echo", "ls", "mknod", "sleep", "true", "rm", "stat", "grep", "mount",
+        "touch", "test",
+    ] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    rootfs
+}
+
+/// Writes a busybox bundle under `dir/name`: `runc spec` with the rootfs, no terminal, a
+/// writable root, CAP_MKNOD (as Docker gives; without it mknod fails before the device cgroup
+/// is asked), `args`, then `edit`. Returns the bundle and the spec bytes written.
+pub fn write_bundle(
+    dir: &Path,
+    name: &str,
+    args: &[&str],
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> (PathBuf, Vec<u8>) {
+    let bundle = dir.join(name);
+    std::fs::create_dir_all(&bundle).unwrap();
+    let rootfs = busybox_rootfs(&bundle);
+    run(Command::new("runc").arg("spec").current_dir(&bundle));
+    let path = bundle.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    spec["root"]["path"] = rootfs.display().to_string().into();
+    spec["root"]["readonly"] = false.into();
+    spec["process"]["terminal"] = false.into();
+    spec["process"]["args"] = serde_json::json!(args);
+    for set in ["bounding", "effective", "permitted"] {
+        if let Some(caps) = spec["process"]["capabilities"][set].as_array_mut() {
+            caps.push("CAP_MKNOD".into());
+        }
+    }
+    edit(&mut spec);
+    let bytes = serde_json::to_vec_pretty(&spec).unwrap();
+    std::fs::write(&path, &bytes).unwrap();
+    (bundle, bytes)
+}
+
+/// A runc container running `sleep` from a busybox bundle, deleted on drop.
+pub struct RuncContainer<'a> {
+    pub place: Place<'a>,
+    pub id: String,
+    pub root: PathBuf,
+    pub bundle: PathBuf,
+}
+
+impl<'a> RuncContainer<'a> {
+    /// Writes a bundle whose spec `edit` may change (devices, resources, env), then
+    /// `runc run -d` it through `runtime` (plain runc or our shim).
+    pub fn start(
+        place: Place<'a>,
+        dir: &Path,
+        runtime: &Path,
+        edit: impl FnOnce(&mut serde_json::Value),
+    ) -> Result<Self, String> {
+        Self::start_inner(place, dir, runtime, None, edit)
+    }
+
+    /// Like [`Self::start`], with the runtime told where our configuration file is.
+    pub fn start_with_env(
+        place: Place<'a>,
+        dir: &Path,
+        runtime: &Path,
+        config: &Path,
+        edit: impl FnOnce(&mut serde_json::Value),
+    ) -> Result<Self, String> {
+        Self::start_inner(place, dir, runtime, Some(config), edit)
+    }
+
+    fn start_inner(
+        place: Place<'a>,
+        dir: &Path,
+        runtime: &Path,
+        config: Option<&Path>,
+        edit: impl FnOnce(&mut serde_json::Value),
+    ) -> Result<Self, String> {
+        let id = unique("npu-ctr");
+        let root = dir.join(format!("{id}-state"));
+        let (bundle, _) = write_bundle(dir, &id, &["sleep", "3600"], edit);
+        let container = Self {
+            place,
+            id,
+            root,
+            bundle,
+        };
+        // The container inherits these descriptors: no pipe we would wait on for EOF.
+        let errors = dir.join(format!("{}.stderr", container.id));
+        let mut cmd = place.command(runtime);
+        if let Some(config) = config {
+            cmd.env(npu_runtime::node::config::PATH_ENV, config);
+        }
+        let status = cmd
+            .arg("--root")
+            .arg(&container.root)
+            .args(["run", "-d", "--bundle"])
+            .arg(&container.bundle)
+            .arg(&container.id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&errors).unwrap())
+            .status()
+            .map_err(|e| e.to_string())?;
+        if status.success() {
+            Ok(container)
+        } else {
+            // Hook errors reach us inside runc's own message, with their quotes escaped.
+            Err(std::fs::read_to_string(&errors)
+                .unwrap_or_default()
+                .replace("\\\"", "\""))
+        }
+    }
+
+    /// Verdict for device `major:minor` in the container: mknod it in /tmp, then open it.
+    /// `ENXIO` means allowed (no driver behind it), `EPERM` denied.
+    pub fn node_verdict(&self, major: u32, minor: u32) -> String {
+        let n = format!("/tmp/n{major}_{minor}");
+        let (ok, text) = self.sh(&format!(
+            "rm -f {n}; mknod {n} c {major} {minor} && cat {n} </dev/null >/dev/null; r=$?; rm -f {n}; exit $r"
+        ));
+        errno_of(ok, &text)
+    }
+
+    /// The verdict for every chip of `host` from inside the container: ENXIO allowed, EPERM
+    /// denied.
+    pub fn chip_verdicts(&self, host: &FakeHost) -> Vec<String> {
+        (0..host.chips)
+            .map(|i| self.node_verdict(host.chip_major, i))
+            .collect()
+    }
+
+    pub fn runc(&self) -> Command {
+        let mut cmd = self.place.command("runc");
+        cmd.arg("--root").arg(&self.root);
+        cmd
+    }
+
+    pub fn pid(&self) -> u32 {
+        let state = run(self.runc().args(["state", &self.id]));
+        let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+        state["pid"].as_u64().expect("pid") as u32
+    }
+
+    /// Runs a shell snippet in the container; returns (success, stdout + stderr).
+    pub fn sh(&self, script: &str) -> (bool, String) {
+        let out = self
+            .runc()
+            .args(["exec", &self.id, "sh", "-c", script])
+            .stdin(Stdio::null())
+            .output()
+            .expect("runc exec");
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    }
+
+    /// The container's cgroup as `/proc/PID/cgroup` names it in the unified tree.
+    pub fn unified_path(&self) -> String {
+        let text = std::fs::read_to_string(format!("/proc/{}/cgroup", self.pid())).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .expect("unified cgroup line")
+            .to_string()
+    }
+}
+
+impl Drop for RuncContainer<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .runc()
+            .args(["delete", "-f", &self.id])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Opens `path` for reading in a container and names the outcome: `ENXIO`, `EPERM`, `ENOENT`
+/// or `OK`, from busybox's error text.
+pub fn open_verdict(container: &RuncContainer<'_>, path: &str) -> String {
+    let (ok, text) = container.sh(&format!("cat {path} </dev/null >/dev/null"));
+    errno_of(ok, &text)
+}
+
+pub fn errno_of(ok: bool, text: &str) -> String {
+    if ok {
+        "OK".into()
+    } else if text.contains("No such device or address") {
+        "ENXIO".into()
+    } else if text.contains("Operation not permitted") {
+        "EPERM".into()
+    } else if text.contains("No such file or directory") {
+        "ENOENT".into()
+    } else {
+        format!("other: {text}")
+    }
+}
+
+/// The verdicts a container granted `granted` should see for NPUs `0..chips`.
+pub fn expect_only(granted: &[u32], chips: u32) -> Vec<String> {
+    (0..chips)
+        .map(|i| {
+            if granted.contains(&i) {
+                "ENXIO"
+            } else {
+                "EPERM"
+            }
+            .to_string()
+        })
+        .collect()
+}
+
+/// Starts a sleeping container through npu-container-runtime asking for `npus`.
+pub fn start_npu<'a>(
+    place: Place<'a>,
+    host: &FakeHost,
+    npus: &str,
+) -> Result<RuncContainer<'a>, String> {
+    RuncContainer::start_with_env(
+        place,
+        host.dir.path(),
+        &bin("npu-container-runtime"),
+        &host.config_path,
+        |spec| {
+            spec["process"]["env"]
+                .as_array_mut()
+                .unwrap()
+                .push(format!("ASCEND_VISIBLE_DEVICES={npus}").into());
+        },
+    )
+}
