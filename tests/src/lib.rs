@@ -66,6 +66,11 @@ pub fn require_root() -> bool {
     require("root", nix::unistd::geteuid().is_root())
 }
 
+/// Whether every tool in `tools` is on PATH, each required as [`require`] does.
+pub fn require_tools(tools: &[&str]) -> bool {
+    tools.iter().all(|t| require(t, have_tool(t)))
+}
+
 pub fn have_tool(name: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {name} >/dev/null")])

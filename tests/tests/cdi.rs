@@ -8,9 +8,8 @@ use npu_tests::{
     bin,
     cgroups::each_cgroup_mode,
     engines::{Podman, matrix_script, parse_matrix},
-    have_tool,
     host::FakeHost,
-    require, require_root, run,
+    require_root, require_tools, run,
     runc::expect_only,
 };
 
@@ -65,12 +64,7 @@ impl Drop for CdiFile {
 
 #[test]
 fn podman_runs_cdi_devices_with_isolation() {
-    if !(require_root()
-        && require("podman", have_tool("podman"))
-        && require("runc", have_tool("runc"))
-        && require("busybox", have_tool("busybox"))
-        && require("nsenter", have_tool("nsenter")))
-    {
+    if !(require_root() && require_tools(&["podman", "runc", "busybox", "nsenter"])) {
         return;
     }
     each_cgroup_mode(|place, mode| {

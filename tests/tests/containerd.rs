@@ -9,14 +9,13 @@ use npu_tests::{
     engines::{Containerd, matrix_script, parse_matrix},
     have_tool,
     host::FakeHost,
-    require, require_root,
+    require, require_root, require_tools,
 };
 
 #[test]
 fn ctr_pair_with_disjoint_npus() {
     if !(require_root()
-        && require("containerd", have_tool("containerd"))
-        && require("ctr", have_tool("ctr"))
+        && require_tools(&["containerd", "ctr"])
         && require(
             "containerd-shim-runc-v2",
             have_tool("containerd-shim-runc-v2"),

@@ -6,20 +6,15 @@ use npu_runtime::node::config::PATH_ENV;
 use npu_tests::{
     bin,
     cgroups::{Place, TestCgroup, V2Namespace, unified_mount},
-    have_tool,
     host::FakeHost,
     probe::guardctl,
-    require, require_root, run,
+    require_root, require_tools, run,
     runc::open_verdict,
     unique,
 };
 
 fn can_run() -> bool {
-    require_root()
-        && require("runc", have_tool("runc"))
-        && require("bpftool", have_tool("bpftool"))
-        && require("busybox", have_tool("busybox"))
-        && require("nsenter", have_tool("nsenter"))
+    require_root() && require_tools(&["runc", "bpftool", "busybox", "nsenter"])
 }
 
 fn ctk(host: &FakeHost, args: &[&str]) -> String {

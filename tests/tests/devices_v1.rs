@@ -7,10 +7,9 @@ use std::process::Command;
 use npu_runtime::node::state::Enforced;
 use npu_tests::{
     cgroups::{Place, TestCgroup, devices_v1_mount, unified_mount},
-    have_tool,
     host::FakeHost,
     probe::{Holder, all_ops, assert_matrix, guardctl, probe},
-    require, require_root, run, unique,
+    require, require_root, require_tools, run, unique,
 };
 
 fn v1_mount() -> Option<std::path::PathBuf> {
@@ -89,7 +88,7 @@ fn allow_all_privileged() {
 /// Hybrid: the v1 rules and the BPF guard on the container's unified cgroup together.
 #[test]
 fn hybrid_both_layers() {
-    if !(require_root() && require("bpftool", have_tool("bpftool"))) {
+    if !(require_root() && require_tools(&["bpftool"])) {
         return;
     }
     let Some(mount) = v1_mount() else { return };

@@ -8,18 +8,12 @@ use npu_tests::{
     bin,
     cgroups::Place,
     engines::{Dockerd, matrix_script, parse_matrix},
-    have_tool,
     host::FakeHost,
-    require, require_root, run,
+    require_root, require_tools, run,
 };
 
 fn can_run() -> bool {
-    require_root()
-        && require("dockerd (docker.io)", have_tool("dockerd"))
-        && require("docker", have_tool("docker"))
-        && require("bpftool", have_tool("bpftool"))
-        && require("busybox", have_tool("busybox"))
-        && require("nsenter", have_tool("nsenter"))
+    require_root() && require_tools(&["dockerd", "docker", "bpftool", "busybox", "nsenter"])
 }
 
 fn each_mode(test: impl Fn(Place<'_>, &str)) {

@@ -8,15 +8,12 @@ use npu_tests::{
     cgroups::{Place, V2Namespace},
     have_tool,
     host::FakeHost,
-    require, require_root, run,
+    require, require_root, require_tools, run,
     runc::RuncContainer,
 };
 
 fn can_run() -> bool {
-    require_root()
-        && require("runc", have_tool("runc"))
-        && require("busybox", have_tool("busybox"))
-        && require("nsenter", have_tool("nsenter"))
+    require_root() && require_tools(&["runc", "busybox", "nsenter"])
 }
 
 #[test]

@@ -8,7 +8,7 @@ use npu_tests::{
     have_tool,
     host::FakeHost,
     probe::{Holder, all_ops, assert_matrix, guardctl, probe},
-    require, require_root, run, unique,
+    require, require_root, require_tools, run, unique,
 };
 
 fn bpftool(args: &[&str]) -> String {
@@ -86,7 +86,7 @@ fn guard_matrix(place: Place<'_>, by_pid: bool) {
 }
 
 fn can_run() -> bool {
-    require_root() && require("bpftool", have_tool("bpftool"))
+    require_root() && require_tools(&["bpftool"])
 }
 
 #[test]

@@ -4,20 +4,15 @@ use std::process::Command;
 
 use npu_tests::{
     cgroups::{Place, V2Namespace, unified_mount},
-    have_tool,
     host::FakeHost,
     probe::guardctl,
-    require, require_root, run,
+    require_root, require_tools, run,
     runc::{RuncContainer, open_verdict},
 };
 
 #[test]
 fn verdicts_are_the_and_of_runc_and_guard() {
-    if !(require_root()
-        && require("runc", have_tool("runc"))
-        && require("bpftool", have_tool("bpftool"))
-        && require("busybox", have_tool("busybox")))
-    {
+    if !(require_root() && require_tools(&["runc", "bpftool", "busybox"])) {
         return;
     }
     let host = FakeHost::new(3);

@@ -10,11 +10,11 @@ use std::{
 };
 
 use npu_tests::{
-    bin, cgroups::Place, have_tool, host::FakeHost, require, require_root, runc::RuncContainer,
+    bin, cgroups::Place, host::FakeHost, require_root, require_tools, runc::RuncContainer,
 };
 
 fn can_run() -> bool {
-    require_root() && require("runc", have_tool("runc")) && require("busybox", have_tool("busybox"))
+    require_root() && require_tools(&["runc", "busybox"])
 }
 
 /// Every path under `dir` with its content (directories as "<dir>").

@@ -7,14 +7,13 @@ use npu_runtime::node::config::PATH_ENV;
 use npu_tests::{
     bin,
     cgroups::Place,
-    have_tool,
     host::FakeHost,
-    require, require_root,
+    require_root, require_tools,
     runc::{RuncContainer, write_bundle},
 };
 
 fn can_run() -> bool {
-    require_root() && require("runc", have_tool("runc")) && require("busybox", have_tool("busybox"))
+    require_root() && require_tools(&["runc", "busybox"])
 }
 
 /// Runs `runc run -d` through the shim on a bundle with `env`; returns (success, stderr).

@@ -4,17 +4,13 @@
 use npu_tests::{
     bin,
     cgroups::{Place, each_cgroup_mode},
-    have_tool,
     host::FakeHost,
-    require, require_root,
+    require_root, require_tools,
     runc::RuncContainer,
 };
 
 fn can_run() -> bool {
-    require_root()
-        && require("runc", have_tool("runc"))
-        && require("busybox", have_tool("busybox"))
-        && require("nsenter", have_tool("nsenter"))
+    require_root() && require_tools(&["runc", "busybox", "nsenter"])
 }
 
 fn revoke_and_restore(place: Place<'_>, mode: &str, allow_all: bool) {

@@ -10,17 +10,13 @@ use npu_runtime::node::config::PATH_ENV;
 use npu_tests::{
     bin,
     cgroups::{Place, each_cgroup_mode},
-    have_tool,
     host::FakeHost,
-    require, require_root, run,
+    require_root, require_tools, run,
     runc::{RuncContainer, start_npu},
 };
 
 fn can_run() -> bool {
-    require_root()
-        && require("runc", have_tool("runc"))
-        && require("busybox", have_tool("busybox"))
-        && require("nsenter", have_tool("nsenter"))
+    require_root() && require_tools(&["runc", "busybox", "nsenter"])
 }
 
 /// Makes `/tmp/nN` in the container's rootfs from the host (the guard refuses mknod inside),

@@ -8,19 +8,12 @@ use npu_tests::{
     bin,
     cgroups::Place,
     engines::{Podman, matrix_script, parse_matrix},
-    have_tool,
     host::FakeHost,
-    require, require_root, run,
+    require_root, require_tools, run,
 };
 
 fn can_run() -> bool {
-    require_root()
-        && require("podman", have_tool("podman"))
-        && require("conmon", have_tool("conmon"))
-        && require("runc", have_tool("runc"))
-        && require("bpftool", have_tool("bpftool"))
-        && require("busybox", have_tool("busybox"))
-        && require("nsenter", have_tool("nsenter"))
+    require_root() && require_tools(&["podman", "conmon", "runc", "bpftool", "busybox", "nsenter"])
 }
 
 fn each_mode(test: impl Fn(Place<'_>, &str)) {

@@ -6,18 +6,13 @@ use npu_runtime::node::config::PATH_ENV;
 use npu_tests::{
     bin,
     cgroups::{Place, V2Namespace},
-    have_tool,
     host::FakeHost,
-    require, require_root, run,
+    require_root, require_tools, run,
     runc::{RuncContainer, open_verdict},
 };
 
 fn can_run() -> bool {
-    require_root()
-        && require("runc", have_tool("runc"))
-        && require("bpftool", have_tool("bpftool"))
-        && require("busybox", have_tool("busybox"))
-        && require("nsenter", have_tool("nsenter"))
+    require_root() && require_tools(&["runc", "bpftool", "busybox", "nsenter"])
 }
 
 /// Both places: the pure-v2 namespace and the host's v1 devices controller.
