@@ -3,7 +3,8 @@
 //! - [`cgroups`]: test cgroups and the pure cgroup v2 namespace ([`cgroups::Place`]);
 //! - [`probe`]: device verdicts from a process in given cgroups, and the expected matrix;
 //! - [`runc`]: runc containers from busybox bundles, through plain runc or our shim;
-//! - [`engines`]: private Docker, Podman and containerd daemons.
+//! - [`engines`]: private Docker, Podman and containerd daemons;
+//! - [`syscalls`]: older kernels' code paths forced by hiding syscalls (seccomp).
 //!
 //! This file has what every suite uses: helper binaries, unique names, requirements and
 //! running commands.
@@ -23,6 +24,7 @@ pub mod engines;
 pub mod host;
 pub mod probe;
 pub mod runc;
+pub mod syscalls;
 
 /// Path of a binary of this workspace: this package's helpers (`devprobe`, `guardctl`) or the
 /// runtime's (`npu-container-runtime`, `npu-container-hook`, built for the runtime's own CLI

@@ -2,6 +2,8 @@
 //! nodes, pointing at `/`, at a canary tree on the host, out with `../..`, through
 //! `/proc/self/root`, nowhere, or swapped while containers start. Each container either gets
 //! its mounts inside its rootfs or fails; nothing on the host is created, written or mounted.
+//! Every case runs on each mount path the hook has (this kernel's, and the older kernels'
+//! forced with seccomp: [`MountPath`]), since each resolves targets its own way.
 use std::{
     collections::BTreeMap,
     os::unix::fs::symlink,
@@ -10,7 +12,8 @@ use std::{
 };
 
 use npu_tests::{
-    bin, cgroups::Place, host::FakeHost, require_root, require_tools, runc::RuncContainer,
+    cgroups::Place, host::FakeHost, require_root, require_tools, runc::RuncContainer,
+    syscalls::MountPath,
 };
 
 fn can_run() -> bool {
@@ -40,7 +43,7 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
 }
 
 /// Rewrites a rootfs before its container starts.
-type Plant<'a> = Box<dyn FnOnce(&Path) + 'a>;
+type Plant<'a> = Box<dyn Fn(&Path) + 'a>;
 
 /// Host paths a redirected mount target would create.
 const HOST_PATHS: [&str; 4] = [
@@ -52,11 +55,11 @@ const HOST_PATHS: [&str; 4] = [
 
 /// Starts a container whose rootfs `plant` rewrites; `Ok` with the driver file as seen inside,
 /// or the failure.
-fn attempt(host: &FakeHost, plant: impl FnOnce(&Path)) -> Result<String, String> {
+fn attempt(host: &FakeHost, path: MountPath, plant: impl FnOnce(&Path)) -> Result<String, String> {
     let c = RuncContainer::start_with_env(
         Place::Host,
         host.dir.path(),
-        &bin("npu-container-runtime"),
+        &path.runtime(host.dir.path()),
         &host.config_path,
         |spec| {
             spec["process"]["env"]
@@ -149,26 +152,29 @@ fn symlinks_in_the_image_never_reach_the_host() {
         ),
     ];
     let mut outcomes = Vec::new();
-    for (name, plant) in variants {
-        let result = attempt(&host, plant);
-        if let Ok(out) = &result {
-            // Mounted: the driver's files are what the container sees.
-            assert!(
-                out.contains("Version=24.1.0") && out.contains("libascend_hal.so"),
-                "{name}: {out}"
-            );
-        }
-        outcomes.push(format!(
-            "{name}: {}",
-            if result.is_ok() {
-                "mounted inside the rootfs"
-            } else {
-                "failed closed"
+    for (name, plant) in &variants {
+        for path in MountPath::ALL {
+            let name = format!("{name} ({path:?})");
+            let result = attempt(&host, path, plant);
+            if let Ok(out) = &result {
+                // Mounted: the driver's files are what the container sees.
+                assert!(
+                    out.contains("Version=24.1.0") && out.contains("libascend_hal.so"),
+                    "{name}: {out}"
+                );
             }
-        ));
-        assert_eq!(snapshot(&canary), before, "{name}: the canary tree changed");
-        for p in HOST_PATHS {
-            assert!(!Path::new(p).exists(), "{name}: created {p} on the host");
+            outcomes.push(format!(
+                "{name}: {}",
+                if result.is_ok() {
+                    "mounted inside the rootfs"
+                } else {
+                    "failed closed"
+                }
+            ));
+            assert_eq!(snapshot(&canary), before, "{name}: the canary tree changed");
+            for p in HOST_PATHS {
+                assert!(!Path::new(p).exists(), "{name}: created {p} on the host");
+            }
         }
     }
     eprintln!("{}", outcomes.join("\n"));
@@ -216,10 +222,11 @@ fn swapping_between_check_and_use() {
                 }
             }
         });
-        for _ in 0..15 {
+        // Ten starts on each mount path.
+        for path in MountPath::ALL.into_iter().flat_map(|p| [p; 10]) {
             let tx = tx.clone();
             let c = canary.clone();
-            let result = attempt(&host, move |r: &Path| {
+            let result = attempt(&host, path, move |r: &Path| {
                 std::fs::create_dir_all(r.join("usr/local/Ascend")).unwrap();
                 symlink(&c, r.join("usr/local/swap")).unwrap();
                 tx.send(r.to_path_buf()).unwrap();
@@ -228,7 +235,11 @@ fn swapping_between_check_and_use() {
                 Ok(_) => ok += 1,
                 Err(_) => failed += 1,
             }
-            assert_eq!(snapshot(&canary), before, "the canary tree changed");
+            assert_eq!(
+                snapshot(&canary),
+                before,
+                "{path:?}: the canary tree changed"
+            );
         }
         stop.store(true, Ordering::Relaxed);
         swapper.join().unwrap();
@@ -236,6 +247,6 @@ fn swapping_between_check_and_use() {
     eprintln!(
         "swap race: {ok} started with their mounts inside the rootfs, {failed} failed closed"
     );
-    assert_eq!(ok + failed, 15);
+    assert_eq!(ok + failed, 30);
     assert!(host.records().is_empty(), "{:?}", host.records());
 }

@@ -17,7 +17,7 @@ use crate::{
     node::config::Config,
     node::devices::{self, ContainerDevice, DeviceError, HostDevices},
     node::state::{self, Record},
-    start::mounts::{self, MountError},
+    start::mounts::{self, MountApi, MountError},
     start::request::{Request, Selection},
     start::shim,
     start::spec::Spec,
@@ -38,6 +38,7 @@ pub struct HostView {
     layout: Result<Layout, CgroupError>,
     /// The guard of this build, when the host has a unified tree and it is pinned already.
     guard: Option<Guard>,
+    mount_api: MountApi,
 }
 
 impl HostView {
@@ -51,6 +52,7 @@ impl HostView {
             devices: HostDevices::discover(config),
             layout,
             guard,
+            mount_api: MountApi::probe(),
         }
     }
 }
@@ -83,6 +85,7 @@ pub fn create_runtime(config: &Config, view: HostView, state: &State) -> Result<
     }
     let cgroups = layout.container_cgroups(pid)?;
 
+    let mount_api = view.mount_api;
     let mut prepared = Vec::new();
     if !request.no_driver {
         let paths = mounts::read_lists(
@@ -91,12 +94,15 @@ pub fn create_runtime(config: &Config, view: HostView, state: &State) -> Result<
             request.mount_lists_explicit,
         )?;
         for path in &paths {
-            if let Some(p) = mounts::prepare(&config.driver_root, path, request.allow_link)? {
+            if let Some(p) =
+                mounts::prepare(&config.driver_root, path, request.allow_link, mount_api)?
+            {
                 prepared.push(p);
             }
         }
     }
 
+    let record_mounts = prepared.len();
     let enforced = isolation::enforce_cgroups(config, &cgroups, &host, &grants, view.guard)?;
     let record = Record {
         id: state.id().to_string(),
@@ -124,7 +130,13 @@ pub fn create_runtime(config: &Config, view: HostView, state: &State) -> Result<
         let _ = state::remove(&config.state_dir, &record.id);
         return Err(e);
     }
-    tracing::info!(id = state.id(), devices = ?record.devices, "NPU container prepared");
+    tracing::info!(
+        id = state.id(),
+        devices = ?record.devices,
+        mounts = record_mounts,
+        ?mount_api,
+        "NPU container prepared"
+    );
     Ok(())
 }
 

@@ -1,12 +1,20 @@
 //! Driver mounts: mount lists, the policy for their sources, and binding them into a
 //! container's root filesystem without ever leaving it.
 //!
-//! Each source becomes a detached, read-only/nosuid/nodev bind mount (`open_tree` +
-//! `mount_setattr`) while the hook is still in the host's mount namespace, and is checked on
-//! that very mount (so swapping the path afterwards changes nothing). Inside the container's
-//! mount namespace every target is resolved within the rootfs (pathrs, openat2
-//! `RESOLVE_IN_ROOT`), so a symlink in the image can never redirect a mount or a created file
-//! onto the host. The tree is then attached on the resolved handle with `move_mount`.
+//! Every source is checked on what is actually mounted (an open handle, so swapping the path
+//! afterwards changes nothing), and every target is resolved within the rootfs (pathrs:
+//! openat2 `RESOLVE_IN_ROOT`, or its userspace resolver where openat2 is missing), so a symlink
+//! in the image can never redirect a mount or a created file onto the host. How the read-only
+//! bind is made depends on the mount syscalls this kernel has ([`MountApi`], probed per run):
+//! - 5.12+: a detached bind (`open_tree`) made read-only/nosuid/nodev with `mount_setattr` in
+//!   the host's mount namespace, then attached on the resolved handle with `move_mount`;
+//! - 5.2 - 5.11: the same detached bind attached first, then made read-only by a bind remount
+//!   through its fd (a detached tree cannot be remounted there);
+//! - before 5.2: inside the container's mount namespace, the source is opened `O_PATH` and
+//!   checked, bind-mounted through `/proc/self/fd` onto the resolved target, and remounted.
+//!
+//! In the last two the mount is writable for a moment, before the container's first process
+//! runs; a failed remount detaches it again and fails the container.
 use std::{
     ffi::CString,
     fs::File,
@@ -15,10 +23,12 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use serde::Serialize;
+
 use pathrs::{InodeType, Root};
 use rustix::{
     fs::{Mode, OFlags},
-    mount::{MoveMountFlags, OpenTreeFlags},
+    mount::{MountFlags, MoveMountFlags, OpenTreeFlags, UnmountFlags},
 };
 
 use crate::node::{devices::ContainerDevice, rules::DevType};
@@ -132,20 +142,88 @@ pub fn read_lists(
     Ok(out)
 }
 
-/// A source ready to attach: a detached read-only bind mount of the host path.
+/// How this kernel lets the hook make a read-only bind mount (module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MountApi {
+    /// `open_tree` + `mount_setattr` + `move_mount` (5.12+).
+    DetachedReadOnly,
+    /// `open_tree` + `move_mount`, then a bind remount (5.2 - 5.11: no `mount_setattr`).
+    AttachThenRemount,
+    /// `mount(MS_BIND)` through `/proc/self/fd`, then a bind remount (before 5.2).
+    Classic,
+}
+
+impl MountApi {
+    /// Asks the kernel which mount syscalls exist: each probe is one call with an invalid fd,
+    /// which fails with EBADF (or EINVAL) where the syscall exists and ENOSYS where it does not
+    /// (or where a seccomp filter hides it). Cheaper than reading any cached verdict.
+    pub fn probe() -> Self {
+        let exists = |nr: libc::c_long| {
+            // SAFETY: every probed syscall takes a dirfd first; -1 is never a valid fd, so the
+            // kernel fails before it reads the (null) path or attribute pointers.
+            let rc = unsafe {
+                libc::syscall(
+                    nr,
+                    -1,
+                    std::ptr::null::<libc::c_char>(),
+                    0,
+                    std::ptr::null::<libc::c_void>(),
+                    0,
+                )
+            };
+            !(rc < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS))
+        };
+        if !(exists(libc::SYS_open_tree) && exists(libc::SYS_move_mount)) {
+            Self::Classic
+        } else if exists(libc::SYS_mount_setattr) {
+            Self::DetachedReadOnly
+        } else {
+            Self::AttachThenRemount
+        }
+    }
+
+    /// How `npu-ctk doctor` describes it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::DetachedReadOnly => {
+                "open_tree + mount_setattr + move_mount: read-only before it is attached"
+            }
+            Self::AttachThenRemount => {
+                "open_tree + move_mount, then a bind remount (no mount_setattr: kernel before 5.12)"
+            }
+            Self::Classic => {
+                "bind mount through /proc/self/fd, then a bind remount (no open_tree/move_mount: \
+                 kernel before 5.2)"
+            }
+        }
+    }
+}
+
+/// A source ready to attach.
 pub struct Prepared {
     /// Where it goes in the container (same path as on the host, under driver_root).
     pub container_path: PathBuf,
     pub is_dir: bool,
-    tree: OwnedFd,
+    source: Source,
 }
 
-/// Checks the host source of `path` (under `driver_root`) and makes its detached read-only
-/// bind mount. `Ok(None)`: the source does not exist (logged and skipped).
+enum Source {
+    /// A detached bind mount of the host path, made in the host's mount namespace; read-only
+    /// already unless `remount` (no `mount_setattr`).
+    Tree { tree: OwnedFd, remount: bool },
+    /// The host path, opened and checked again inside the container's mount namespace: a
+    /// bind mount's source must be in the namespace it is mounted in.
+    Path { host: PathBuf, allow_link: bool },
+}
+
+/// Checks the host source of `path` (under `driver_root`) and, where the kernel can, makes its
+/// detached bind mount. `Ok(None)`: the source does not exist (logged and skipped).
 pub fn prepare(
     driver_root: &Path,
     path: &Path,
     allow_link: bool,
+    api: MountApi,
 ) -> Result<Option<Prepared>, MountError> {
     let rel = path.strip_prefix("/").unwrap_or(path);
     let host = driver_root.join(rel);
@@ -175,43 +253,79 @@ pub fn prepare(
         })?;
         dir = d.parent();
     }
-    let mut flags = OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC;
-    if meta.file_type().is_symlink() {
+    let is_link = meta.file_type().is_symlink();
+    if is_link {
         if !allow_link {
             return Err(refused(
                 "it is a symlink (set ASCEND_ALLOW_LINK=True to allow root-owned links)".into(),
             ));
         }
         // A link's own mode is always 0777: only its owner matters; the target is judged on
-        // the opened tree below.
+        // the opened handle below.
         if meta.uid() != 0 {
             return Err(refused(format!(
                 "the symlink is owned by uid {}, not root",
                 meta.uid()
             )));
         }
-    } else {
+    }
+    if api == MountApi::Classic {
+        // Judged here, so a bad source fails before the container's namespace is entered, and
+        // judged again on the handle that is mounted.
+        let file = open_source(&host, allow_link)?;
+        let is_dir = check_source(&file, &host)?;
+        return Ok(Some(Prepared {
+            container_path: path.to_path_buf(),
+            is_dir,
+            source: Source::Path { host, allow_link },
+        }));
+    }
+    let mut flags = OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC;
+    if !is_link {
         flags |= OpenTreeFlags::AT_SYMLINK_NOFOLLOW;
     }
     let tree = rustix::mount::open_tree(rustix::fs::CWD, &host, flags)
         .map_err(|e| io("open", &host)(e.into()))?;
     // Judge what will actually be mounted, not the path we looked at.
     let file = File::from(tree);
-    let meta = file.metadata().map_err(io("inspect", &host))?;
-    check_owner(&meta, &host).map_err(refused)?;
-    let is_dir = meta.is_dir();
-    if !is_dir && !meta.is_file() {
+    let is_dir = check_source(&file, &host)?;
+    let tree = OwnedFd::from(file);
+    let remount = api == MountApi::AttachThenRemount;
+    if !remount {
+        set_read_only(&tree).map_err(io("make read-only", &host))?;
+    }
+    Ok(Some(Prepared {
+        container_path: path.to_path_buf(),
+        is_dir,
+        source: Source::Tree { tree, remount },
+    }))
+}
+
+/// Opens a mount source `O_PATH`, following a final symlink only when links are allowed.
+fn open_source(host: &Path, allow_link: bool) -> Result<File, MountError> {
+    let mut flags = OFlags::PATH | OFlags::CLOEXEC;
+    if !allow_link {
+        flags |= OFlags::NOFOLLOW;
+    }
+    rustix::fs::open(host, flags, Mode::empty())
+        .map(File::from)
+        .map_err(|e| io("open", host)(e.into()))
+}
+
+/// The owner, mode and type policy on an opened source; returns whether it is a directory.
+fn check_source(file: &File, host: &Path) -> Result<bool, MountError> {
+    let refused = |reason: String| MountError::Refused {
+        path: host.into(),
+        reason,
+    };
+    let meta = file.metadata().map_err(io("inspect", host))?;
+    check_owner(&meta, host).map_err(refused)?;
+    if !meta.is_dir() && !meta.is_file() {
         return Err(refused(
             "only regular files and directories are mounted".into(),
         ));
     }
-    let tree = OwnedFd::from(file);
-    set_read_only(&tree).map_err(io("make read-only", &host))?;
-    Ok(Some(Prepared {
-        container_path: path.to_path_buf(),
-        is_dir,
-        tree,
-    }))
+    Ok(meta.is_dir())
 }
 
 fn check_owner(meta: &std::fs::Metadata, path: &Path) -> Result<(), String> {
@@ -289,11 +403,77 @@ fn kind(meta: &std::fs::Metadata) -> &'static str {
 }
 
 /// Attaches a prepared mount at its path inside `root`, creating the target (and parents)
-/// inside the rootfs when missing. Must run in the container's mount namespace.
+/// inside the rootfs when missing, and makes it read-only where that was left to do. Must run
+/// in the container's mount namespace.
 pub fn attach(root: &Root, prepared: Prepared) -> Result<(), MountError> {
     let path = &prepared.container_path;
+    let target = open_target(root, path, prepared.is_dir)?;
+    match prepared.source {
+        Source::Tree { tree, remount } => {
+            rustix::mount::move_mount(
+                tree.as_fd(),
+                "",
+                target.as_fd(),
+                "",
+                MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+            )
+            .map_err(|e| io("mount onto", path)(e.into()))?;
+            if remount {
+                // The tree's fd is the root of the mount just attached.
+                remount_read_only(&tree, path)?;
+            }
+            Ok(())
+        }
+        Source::Path { host, allow_link } => {
+            let source = open_source(&host, allow_link)?;
+            if check_source(&source, &host)? != prepared.is_dir {
+                return Err(MountError::Refused {
+                    path: host,
+                    reason: "it changed type while the container was being created".into(),
+                });
+            }
+            rustix::mount::mount_bind(fd_path(&source), fd_path(&target))
+                .map_err(|e| io("mount onto", path)(e.into()))?;
+            // Resolved again, the target is the root of the new mount (lookups cross into
+            // mounts); it must be the source's inode, or something else is mounted on top.
+            let mounted = open_target(root, path, prepared.is_dir)?;
+            let same = |a: &File, b: &File| {
+                let (a, b) = (a.metadata(), b.metadata());
+                matches!((a, b), (Ok(a), Ok(b)) if (a.dev(), a.ino()) == (b.dev(), b.ino()))
+            };
+            if !same(&mounted, &source) {
+                let _ = rustix::mount::unmount(fd_path(&target), UnmountFlags::DETACH);
+                return Err(MountError::Refused {
+                    path: path.clone(),
+                    reason: "after the bind mount, the target is not the mounted source".into(),
+                });
+            }
+            remount_read_only(&mounted, path)
+        }
+    }
+}
+
+/// `/proc/self/fd/N` for an open handle: mount(2) takes paths, and this one names exactly the
+/// handle's file whatever happens to the path it was opened by.
+fn fd_path(fd: &impl AsRawFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// Makes the mount whose root `mount` is read-only, nosuid and nodev by a bind remount; on
+/// failure the mount is detached again (it must never stay writable).
+fn remount_read_only(mount: &impl AsRawFd, path: &Path) -> Result<(), MountError> {
+    let flags = MountFlags::BIND | MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV;
+    rustix::mount::mount_remount(fd_path(mount), flags, "").map_err(|e| {
+        let _ = rustix::mount::unmount(fd_path(mount), UnmountFlags::DETACH);
+        io("make read-only", path)(e.into())
+    })
+}
+
+/// Resolves (creating when missing) the mount target `path` inside `root` and checks that it
+/// is of the source's kind.
+fn open_target(root: &Root, path: &Path, is_dir: bool) -> Result<File, MountError> {
     let rel = path.strip_prefix("/").unwrap_or(path);
-    let handle = if prepared.is_dir {
+    let handle = if is_dir {
         open_dir(root, rel, path)?
     } else {
         match root.resolve(rel) {
@@ -324,21 +504,14 @@ pub fn attach(root: &Root, prepared: Prepared) -> Result<(), MountError> {
     };
     let target = File::from(handle);
     let meta = target.metadata().map_err(io("inspect", path))?;
-    if meta.is_dir() != prepared.is_dir || !(meta.is_dir() || meta.is_file()) {
+    if meta.is_dir() != is_dir || !(meta.is_dir() || meta.is_file()) {
         return Err(MountError::TargetType {
-            path: path.clone(),
+            path: path.into(),
             found: kind(&meta),
-            expected: if prepared.is_dir { "directory" } else { "file" },
+            expected: if is_dir { "directory" } else { "file" },
         });
     }
-    rustix::mount::move_mount(
-        prepared.tree.as_fd(),
-        "",
-        target.as_fd(),
-        "",
-        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
-    )
-    .map_err(|e| io("mount onto", path)(e.into()))
+    Ok(target)
 }
 
 fn not_found(e: &pathrs::error::Error) -> bool {
