@@ -21,8 +21,8 @@ fn mount_options(c: &RuncContainer<'_>, path: &str) -> String {
     let (ok, text) = c.sh("cat /proc/self/mountinfo");
     assert!(ok, "{text}");
     text.lines()
-        .filter(|l| l.split(' ').nth(4) == Some(path))
-        .last()
+        .rev()
+        .find(|l| l.split(' ').nth(4) == Some(path))
         .and_then(|l| l.split(' ').nth(5))
         .unwrap_or_else(|| panic!("{path} is not a mount point:\n{text}"))
         .to_string()
