@@ -14,10 +14,11 @@ fn main() -> aya_build::Result<()> {
         }],
         Toolchain::Nightly,
     )?;
-    // The program's version (its pin directory) is a hash of the object, computed here once
-    // rather than over ~100 KiB on every hook run.
-    let object = std::path::Path::new(&std::env::var("OUT_DIR")?).join("npu-guard");
-    let bytes = std::fs::read(&object)?;
+    // The program's version (its pin directory) is a hash of both variants' objects, computed
+    // here once rather than over ~200 KiB on every hook run.
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    let mut bytes = std::fs::read(out.join("npu-guard"))?;
+    bytes.extend(std::fs::read(out.join("npu-guard-basic"))?);
     // FNV-1a: identification, not security (bpffs is writable by root only).
     let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)

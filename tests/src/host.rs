@@ -148,20 +148,25 @@ impl FakeHost {
             .unwrap_or_default()
     }
 
-    /// cgroup ids with entries in the pinned grant maps (every pinned version).
+    /// The pin of the shared guard map `name` (e.g. `npu_grants`).
+    pub fn map_pin(&self, name: &str) -> PathBuf {
+        npu_runtime::enforce::guard::map_pin(&self.config.bpf_dir, name)
+    }
+
+    /// cgroup ids with entries in the pinned grant map, as bpftool shows it (none when the
+    /// maps are not pinned).
     pub fn granted_cgroups(&self) -> BTreeSet<u64> {
         let mut ids = BTreeSet::new();
-        for version in
-            npu_runtime::enforce::guard::versions(&self.config.bpf_dir).unwrap_or_default()
-        {
-            let pin = self.config.bpf_dir.join(version).join("npu_grants");
-            let dump = run(Command::new("bpftool")
-                .args(["-j", "map", "dump", "pinned"])
-                .arg(&pin));
-            let entries: serde_json::Value = serde_json::from_str(&dump).unwrap();
-            for e in entries.as_array().unwrap() {
-                ids.insert(e["formatted"]["key"]["cgroup_id"].as_u64().unwrap());
-            }
+        let pin = self.map_pin("npu_grants");
+        if !pin.exists() {
+            return ids;
+        }
+        let dump = run(Command::new("bpftool")
+            .args(["-j", "map", "dump", "pinned"])
+            .arg(&pin));
+        let entries: serde_json::Value = serde_json::from_str(&dump).unwrap();
+        for e in entries.as_array().unwrap() {
+            ids.insert(e["formatted"]["key"]["cgroup_id"].as_u64().unwrap());
         }
         ids
     }

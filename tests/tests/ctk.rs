@@ -23,28 +23,25 @@ fn ctk(host: &FakeHost, args: &[&str]) -> String {
         .args(args))
 }
 
-/// (cgroup id, major, minor) of every grant bpftool shows in the pinned grant maps.
+/// (cgroup id, major, minor) of every grant bpftool shows in the pinned grant map.
 fn bpftool_grants(host: &FakeHost) -> BTreeSet<(u64, u64, u64)> {
-    let mut out = BTreeSet::new();
-    for version in npu_runtime::enforce::guard::versions(&host.config.bpf_dir).unwrap() {
-        let pin = host.config.bpf_dir.join(version).join("npu_grants");
-        let dump = run(Command::new("bpftool")
-            .args(["-j", "map", "dump", "pinned"])
-            .arg(pin));
-        for e in serde_json::from_str::<serde_json::Value>(&dump)
-            .unwrap()
-            .as_array()
-            .unwrap()
-        {
+    let dump = run(Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(host.map_pin("npu_grants")));
+    let entries: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
             let k = &e["formatted"]["key"];
-            out.insert((
+            (
                 k["cgroup_id"].as_u64().unwrap(),
                 k["major"].as_u64().unwrap(),
                 k["minor"].as_u64().unwrap(),
-            ));
-        }
-    }
-    out
+            )
+        })
+        .collect()
 }
 
 #[test]
@@ -186,7 +183,7 @@ fn gc_removes_only_what_is_dead() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| e[1].as_u64().unwrap())
+        .map(|e| e.as_u64().unwrap())
         .collect();
     assert_eq!(purged, [dead_id], "{report}");
     assert!(!host.granted_cgroups().contains(&dead_id));

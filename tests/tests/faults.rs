@@ -147,10 +147,10 @@ fn maps_full() {
     let host = FakeHost::new(2);
     // Load the program by starting (and removing) one container.
     drop(npu_tests::runc::start_npu(Place::Host, &host, "0").expect("start"));
-    let mut guard = npu_runtime::enforce::guard::Guard::ensure(&host.config.bpf_dir).unwrap();
+    let mut guard = npu_runtime::enforce::guard::Guard::ensure(&host.config).unwrap();
     let fake = |i: usize| (1u64 << 42) + i as u64;
     let mut filled = 0;
-    while guard.register(fake(filled), &[]).is_ok() {
+    while guard.maps.register(fake(filled), &[]).is_ok() {
         filled += 1;
         assert!(
             filled <= npu_guard_common::MAX_CONTAINERS,
@@ -164,7 +164,7 @@ fn maps_full() {
     assert!(err.contains("npu_containers"), "{err}");
     assert!(host.records().is_empty());
     for i in 0..filled {
-        guard.unregister(fake(i), &[]).unwrap();
+        guard.maps.unregister(fake(i), &[]).unwrap();
     }
     let c = npu_tests::runc::start_npu(Place::Host, &host, "1").expect("start");
     assert_eq!(c.chip_verdicts(&host), ["EPERM", "ENXIO"]);

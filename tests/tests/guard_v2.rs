@@ -47,8 +47,8 @@ fn guard_matrix(place: Place<'_>, by_pid: bool) {
     }
 
     // bpftool prints the grants with BTF field names.
-    let version = done.guard_version.clone().unwrap();
-    let grants_pin = host.config.bpf_dir.join(&version).join("npu_grants");
+    assert!(done.guard_version.is_some());
+    let grants_pin = host.map_pin("npu_grants");
     let dump = bpftool(&["map", "dump", "pinned", grants_pin.to_str().unwrap()]);
     for field in ["cgroup_id", "dev_type", "major", "minor", "access"] {
         assert!(

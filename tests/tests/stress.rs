@@ -85,8 +85,10 @@ fn fifty_concurrent_containers() {
 
 /// Kernel id of the program pinned for `host`.
 fn pinned_program_id(host: &FakeHost) -> u64 {
-    let version = &npu_runtime::enforce::guard::versions(&host.config.bpf_dir).unwrap()[0];
-    let pin = host.config.bpf_dir.join(version).join("npu_dev_guard");
+    let bpf_dir = &host.config.bpf_dir;
+    let version = &npu_runtime::enforce::guard::versions(bpf_dir).unwrap()[0];
+    let variant = npu_runtime::enforce::guard::pinned_variant(bpf_dir, version).unwrap();
+    let pin = bpf_dir.join(version).join(variant.pin_name());
     let out = Command::new("bpftool")
         .args(["-j", "prog", "show", "pinned"])
         .arg(pin)

@@ -22,6 +22,13 @@ pub const MAP_DENIALS: &str = "npu_denials";
 /// Program name as `bpftool cgroup show` prints it.
 pub const PROGRAM_NAME: &str = "npu_dev_guard";
 
+/// Version of the maps' layout (their types, key and value types, sizes). The maps outlive
+/// program versions, pinned under `<bpf_dir>/maps/v<MAP_LAYOUT>/`, so a new build's program
+/// takes over the registrations of running containers. Any change to the maps or to the types
+/// below bumps it (and brings a migration from the previous layout); userspace refuses pinned
+/// maps whose key or value sizes differ from these types.
+pub const MAP_LAYOUT: u32 = 1;
+
 /// Device majors are 12 bits: the classes array has one slot per major.
 pub const MAX_MAJORS: usize = 4096;
 pub const MAX_CONTAINERS: usize = 16384;

@@ -4,7 +4,7 @@
 //!
 //! Any failure undoes what was done here and is returned: the caller fails the container.
 use crate::{
-    enforce::guard::{Guard, GuardError},
+    enforce::guard::{Guard, GuardError, Maps},
     enforce::v1,
     node::cgroup::{CgroupError, ContainerCgroups, Layout},
     node::config::Config,
@@ -55,9 +55,19 @@ pub fn enforce_cgroups(
         devices_v1_dir: cgroups.devices_v1.clone(),
     };
     if let Some(unified) = &cgroups.unified {
+        let guard = match guard {
+            Some(g) => Ok(g),
+            None => Guard::ensure(config),
+        };
         let mut guard = match guard {
-            Some(g) => g,
-            None => Guard::ensure(&config.bpf_dir)?,
+            Ok(g) => g,
+            // On a hybrid host the v1 devices controller decides; the BPF layer is a second
+            // one. On pure v2 it is the only one: no guard, no NPU container.
+            Err(GuardError::Unsupported { reason }) if cgroups.devices_v1.is_some() => {
+                tracing::warn!(%reason, "BPF layer skipped: the v1 devices controller isolates");
+                return enforce_v1_only(config, cgroups, host, grants, done);
+            }
+            Err(e) => return Err(e.into()),
         };
         let classes = host.classes().into_iter().map(|class| {
             let nodes = host
@@ -67,16 +77,27 @@ pub fn enforce_cgroups(
                 .count();
             (class, nodes as u32)
         });
-        guard.guard_classes(classes)?;
-        guard.register(unified.id, grants)?;
+        guard.maps.guard_classes(classes)?;
+        guard.maps.register(unified.id, grants)?;
         if let Err(e) = guard.attach(&unified.dir) {
-            let _ = guard.unregister(unified.id, grants);
+            let _ = guard.maps.unregister(unified.id, grants);
             return Err(e.into());
         }
         done.guard_version = Some(guard.version().to_string());
         done.cgroup_id = Some(unified.id);
         done.unified_dir = Some(unified.dir.clone());
     }
+    enforce_v1_only(config, cgroups, host, grants, done)
+}
+
+/// The v1 part of [`enforce_cgroups`], after the BPF layer (recorded in `done`) if any.
+fn enforce_v1_only(
+    config: &Config,
+    cgroups: &ContainerCgroups,
+    host: &HostDevices,
+    grants: &[Grant],
+    done: Enforced,
+) -> Result<Enforced, IsolationError> {
     if let Some(dir) = &cgroups.devices_v1
         && let Err(e) = enforce_v1(dir, host, grants)
     {
@@ -112,7 +133,7 @@ pub fn reapply(config: &Config, done: &Enforced, grants: &[Grant]) -> Result<(),
         (&done.guard_version, done.cgroup_id, &done.unified_dir)
     {
         let mut guard = Guard::open(&config.bpf_dir, version)?;
-        guard.register(id, grants)?;
+        guard.maps.register(id, grants)?;
         guard.attach(dir)?;
     }
     if let Some(dir) = &done.devices_v1_dir {
@@ -132,12 +153,12 @@ pub fn set_grant(
     allow: bool,
     now: &[Grant],
 ) -> Result<(), IsolationError> {
-    if let (Some(version), Some(id)) = (&done.guard_version, done.cgroup_id) {
-        let mut guard = Guard::open(&config.bpf_dir, version)?;
+    if let (Some(_), Some(id)) = (&done.guard_version, done.cgroup_id) {
+        let mut maps = Maps::open(&config.bpf_dir)?;
         if allow {
-            guard.register(id, std::slice::from_ref(grant))?;
+            maps.register(id, std::slice::from_ref(grant))?;
         } else {
-            guard.revoke(id, grant)?;
+            maps.revoke(id, grant)?;
         }
     }
     if let Some(dir) = &done.devices_v1_dir {
@@ -158,20 +179,19 @@ pub fn set_grant(
     Ok(())
 }
 
-/// Removes a container's guard registration (v1 rules die with its cgroup). If the program
-/// version's pins are gone (deleted by hand), there is nothing left to remove: its maps live
-/// only as long as cgroups keep the program attached.
+/// Removes a container's guard registration (v1 rules die with its cgroup). If the maps'
+/// pins are gone (deleted by hand), there is nothing left to remove: unpinned maps live only
+/// as long as a cgroup keeps a program using them attached, and cgroup ids are never reused.
 pub fn release(config: &Config, done: &Enforced, grants: &[Grant]) -> Result<(), IsolationError> {
-    if let (Some(version), Some(id)) = (&done.guard_version, done.cgroup_id) {
-        let mut guard = match Guard::open(&config.bpf_dir, version) {
-            Err(GuardError::OpenProgram { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
-                return Ok(());
-            }
+    if let (Some(_), Some(id)) = (&done.guard_version, done.cgroup_id) {
+        let mut maps = match Maps::open(&config.bpf_dir) {
+            Err(GuardError::OpenPin {
+                source: aya::maps::MapError::SyscallError(e),
+                ..
+            }) if e.io_error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             other => other?,
         };
-        guard.unregister(id, grants)?;
+        maps.unregister(id, grants)?;
     }
     Ok(())
 }

@@ -91,22 +91,64 @@ pub fn record_path(state_dir: &Path, id: &str) -> Result<PathBuf, StateError> {
 
 /// Writes the record atomically (temporary file + rename).
 pub fn write(state_dir: &Path, record: &Record) -> Result<(), StateError> {
-    let path = record_path(state_dir, &record.id)?;
+    write_json(state_dir, &record_path(state_dir, &record.id)?, record)
+}
+
+/// Serializes `value` into `path` (inside `dir`) atomically: a temporary file, then rename.
+fn write_json(dir: &Path, path: &Path, value: &impl Serialize) -> Result<(), StateError> {
     let io = |op| {
-        let path = path.clone();
+        let path = path.to_path_buf();
         move |source| StateError::Io { op, path, source }
     };
-    std::fs::create_dir_all(state_dir).map_err(io("create"))?;
+    std::fs::create_dir_all(dir).map_err(io("create"))?;
     // The writer's pid in the name lets `gc` tell a dead writer's leftover from work in progress.
     let mut tmp = tempfile::Builder::new()
         .prefix(&format!("{TEMP_PREFIX}{}.", std::process::id()))
-        .tempfile_in(state_dir)
+        .tempfile_in(dir)
         .map_err(io("create"))?;
     // One write: serde_json writes token by token, a syscall each on an unbuffered file.
-    let bytes = serde_json::to_vec(record).map_err(|e| io("write")(e.into()))?;
+    let bytes = serde_json::to_vec(value).map_err(|e| io("write")(e.into()))?;
     tmp.write_all(&bytes).map_err(io("write"))?;
-    tmp.persist(&path).map_err(|e| io("write")(e.error))?;
+    tmp.persist(path).map_err(|e| io("write")(e.error))?;
     Ok(())
+}
+
+/// Node-wide facts kept beside the records, in `state_dir/node/<name>.json` (never read as
+/// records: `list` reads only the `*.json` files at the top).
+fn node_path(state_dir: &Path, name: &str) -> PathBuf {
+    state_dir.join("node").join(format!("{name}.json"))
+}
+
+/// Writes the node fact `name` atomically.
+pub fn write_node(state_dir: &Path, name: &str, value: &impl Serialize) -> Result<(), StateError> {
+    write_json(&state_dir.join("node"), &node_path(state_dir, name), value)
+}
+
+/// Reads the node fact `name`; `None` if there is none.
+pub fn read_node<T: serde::de::DeserializeOwned>(
+    state_dir: &Path,
+    name: &str,
+) -> Result<Option<T>, StateError> {
+    let path = node_path(state_dir, name);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| StateError::Corrupt { path, source }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(StateError::Io {
+            op: "read",
+            path,
+            source,
+        }),
+    }
+}
+
+/// This boot's id (`/proc/sys/kernel/random/boot_id`): facts that hold until a reboot carry
+/// it, so a state_dir that survives reboots does not keep them longer.
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// Reads the record of `id`; `None` if there is none.

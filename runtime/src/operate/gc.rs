@@ -10,7 +10,7 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    enforce::guard::{self, Guard},
+    enforce::guard::{self, GuardError, Maps},
     enforce::isolation,
     error::Error,
     node::cgroup::Layout,
@@ -24,8 +24,8 @@ pub struct Report {
     pub records: Vec<String>,
     /// Temporary record files of writers that died.
     pub temp_files: Vec<String>,
-    /// (program version, cgroup id) whose map entries were removed.
-    pub map_entries: Vec<(String, u64)>,
+    /// cgroup ids whose map entries were removed.
+    pub map_entries: Vec<u64>,
     /// Program versions whose pins were removed.
     pub versions: Vec<String>,
     /// Problems met along the way (each left as it was).
@@ -42,11 +42,7 @@ impl Report {
             self.versions.len()
         )];
         lines.extend(self.records.iter().map(|id| format!("  record {id}")));
-        lines.extend(
-            self.map_entries
-                .iter()
-                .map(|(v, id)| format!("  cgroup {id} in program {v}")),
-        );
+        lines.extend(self.map_entries.iter().map(|id| format!("  cgroup {id}")));
         lines.extend(
             self.versions
                 .iter()
@@ -115,30 +111,39 @@ pub fn run(config: &Config) -> Result<Report, Error> {
     }
 
     let live = live.unwrap_or_default();
+    // The shared maps: entries of cgroups that are gone (ids are never reused).
+    match Maps::open(&config.bpf_dir) {
+        Ok(mut maps) => {
+            for id in maps.cgroup_ids()? {
+                if !live.contains(&id) {
+                    maps.purge(id)?;
+                    report.map_entries.push(id);
+                }
+            }
+        }
+        Err(GuardError::OpenPin { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    // Program versions: an older one no live container is attached to is unpinned (safe: the
+    // kernel keeps a program alive while any cgroup has it attached).
+    let in_use: BTreeSet<String> = state::list(&config.state_dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.enforced.guard_version)
+        .collect();
     let current = guard::version();
     let versions = guard::versions(&config.bpf_dir).map_err(|source| Error::Stdio {
         what: "list pinned guard versions",
         source,
     })?;
     for version in versions {
-        let mut g = Guard::open(&config.bpf_dir, &version)?;
-        let mut remaining = 0;
-        for id in g.cgroup_ids()? {
-            if live.contains(&id) {
-                remaining += 1;
-                continue;
-            }
-            g.purge(id)?;
-            report.map_entries.push((version.clone(), id));
+        if version == current || in_use.contains(&version) {
+            continue;
         }
-        // Unpinning an unused older version is safe: the kernel keeps a program alive while
-        // any cgroup still has it attached.
-        if remaining == 0 && version != current {
-            let dir = config.bpf_dir.join(&version);
-            match std::fs::remove_dir_all(&dir) {
-                Ok(()) => report.versions.push(version),
-                Err(e) => report.problems.push(format!("{}: {e}", dir.display())),
-            }
+        let dir = config.bpf_dir.join(&version);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => report.versions.push(version),
+            Err(e) => report.problems.push(format!("{}: {e}", dir.display())),
         }
     }
     Ok(report)

@@ -163,17 +163,13 @@ pub fn run(config: &Config, json: bool, out: &mut impl Write) -> Result<(), Erro
                 _ = tokio::signal::ctrl_c() => break,
                 _ = term.recv() => break,
                 _ = rescan.tick() => {
-                    for version in guard::versions(&config.bpf_dir).unwrap_or_default() {
-                        // A pin is followed once, whatever its directory is called now: a
-                        // program pinned afresh (an upgrade) is a new inode.
-                        let pin = config.bpf_dir.join(&version).join(npu_guard_common::MAP_DENIALS);
-                        let Ok(inode) = std::fs::metadata(&pin).map(|m| m.ino()) else {
-                            continue;
-                        };
-                        if followed.contains(&inode) {
-                            continue;
-                        }
-                        let ring = guard::open_denials(&config.bpf_dir, &version)?;
+                    // The ring is followed once per pin: maps pinned afresh (after their
+                    // pins were deleted) are a new inode, and the old ring stays followed.
+                    let pin = guard::map_pin(&config.bpf_dir, npu_guard_common::MAP_DENIALS);
+                    if let Ok(inode) = std::fs::metadata(&pin).map(|m| m.ino())
+                        && !followed.contains(&inode)
+                    {
+                        let ring = guard::open_denials(&config.bpf_dir)?;
                         // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, for as
                         // long as it lives, and the AsyncFd owns the RingBuf.
                         let fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -186,8 +182,9 @@ pub fn run(config: &Config, json: bool, out: &mut impl Write) -> Result<(), Erro
                     }
                     if !announced {
                         eprintln!(
-                            "npu-ctk monitor: following {} program version(s) under {}; Ctrl-C to stop",
-                            followed.len(),
+                            "npu-ctk monitor: following {} program version(s) under {} (their \
+                             shared denial ring buffer); Ctrl-C to stop",
+                            guard::versions(&config.bpf_dir).unwrap_or_default().len(),
                             config.bpf_dir.display()
                         );
                         announced = true;

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, path::PathBuf};
 use serde::Serialize;
 
 use crate::{
-    enforce::guard::{self, Guard},
+    enforce::guard::{self, GuardError, Maps, Variant},
     error::Error,
     node::config::Config,
     node::rules::Grant,
@@ -17,8 +17,10 @@ use crate::{
 pub struct PolicyEntry {
     /// Container id from our record; `None` for map entries without one (see `gc`).
     pub id: Option<String>,
-    /// Guard program version holding the entry; `None` for v1-only containers.
+    /// Guard program version attached to the container; `None` for v1-only containers.
     pub guard_version: Option<String>,
+    /// The variant that version runs on this kernel (and so what it cannot do).
+    pub guard_variant: Option<Variant>,
     pub cgroup_id: Option<u64>,
     /// The container's unified cgroup and/or v1 devices cgroup.
     pub cgroups: Vec<PathBuf>,
@@ -35,17 +37,21 @@ pub struct PolicyEntry {
 /// The live policy, sorted by container id (unknown entries last).
 pub fn collect(config: &Config) -> Result<Vec<PolicyEntry>, Error> {
     let mut entries: Vec<PolicyEntry> = Vec::new();
-    // (version, cgroup id) -> index in `entries`, for joining the maps.
-    let mut by_key: BTreeMap<(String, u64), usize> = BTreeMap::new();
+    // cgroup id -> index in `entries`, for joining the maps.
+    let mut by_id: BTreeMap<u64, usize> = BTreeMap::new();
     for record in state::list(&config.state_dir) {
         let record = record?;
         let e = &record.enforced;
-        if let (Some(v), Some(id)) = (&e.guard_version, e.cgroup_id) {
-            by_key.insert((v.clone(), id), entries.len());
+        if let (Some(_), Some(id)) = (&e.guard_version, e.cgroup_id) {
+            by_id.insert(id, entries.len());
         }
         entries.push(PolicyEntry {
             id: Some(record.id.clone()),
             guard_version: e.guard_version.clone(),
+            guard_variant: e
+                .guard_version
+                .as_deref()
+                .and_then(|v| guard::pinned_variant(&config.bpf_dir, v)),
             cgroup_id: e.cgroup_id,
             cgroups: e
                 .unified_dir
@@ -60,32 +66,32 @@ pub fn collect(config: &Config) -> Result<Vec<PolicyEntry>, Error> {
             denied: None,
         });
     }
-    let versions = guard::versions(&config.bpf_dir).map_err(|source| Error::Stdio {
-        what: "list pinned guard versions",
-        source,
-    })?;
-    for version in versions {
-        let guard = Guard::open(&config.bpf_dir, &version)?;
-        for p in guard.policy()? {
-            match by_key.get(&(version.clone(), p.cgroup_id)) {
-                Some(&i) => {
-                    // The maps are the truth for what is enforced now.
-                    entries[i].grants = p.grants;
-                    entries[i].allowed = Some(p.allowed);
-                    entries[i].denied = Some(p.denied);
-                }
-                None => entries.push(PolicyEntry {
-                    id: None,
-                    guard_version: Some(version.clone()),
-                    cgroup_id: Some(p.cgroup_id),
-                    cgroups: Vec::new(),
-                    devices: Vec::new(),
-                    revoked: Vec::new(),
-                    grants: p.grants,
-                    allowed: Some(p.allowed),
-                    denied: Some(p.denied),
-                }),
+    let maps = match Maps::open(&config.bpf_dir) {
+        Ok(maps) => Some(maps),
+        // No maps pinned (cgroup v1 only, or no NPU container yet): the records are all.
+        Err(GuardError::OpenPin { .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
+    for p in maps.map(|m| m.policy()).transpose()?.unwrap_or_default() {
+        match by_id.get(&p.cgroup_id) {
+            Some(&i) => {
+                // The maps are the truth for what is enforced now.
+                entries[i].grants = p.grants;
+                entries[i].allowed = Some(p.allowed);
+                entries[i].denied = Some(p.denied);
             }
+            None => entries.push(PolicyEntry {
+                id: None,
+                guard_version: None,
+                guard_variant: None,
+                cgroup_id: Some(p.cgroup_id),
+                cgroups: Vec::new(),
+                devices: Vec::new(),
+                revoked: Vec::new(),
+                grants: p.grants,
+                allowed: Some(p.allowed),
+                denied: Some(p.denied),
+            }),
         }
     }
     entries.sort_by(|a, b| (a.id.is_none(), &a.id).cmp(&(b.id.is_none(), &b.id)));
@@ -133,6 +139,14 @@ pub fn table(entries: &[PolicyEntry]) -> String {
         }
         for cg in &e.cgroups {
             lines.push(format!("{:<24} cgroup {}", "", cg.display()));
+        }
+    }
+    // What this kernel's guard cannot do, once per variant in use.
+    let variants: std::collections::BTreeSet<_> =
+        entries.iter().filter_map(|e| e.guard_variant).collect();
+    for v in variants {
+        for limit in v.limits() {
+            lines.push(format!("note: {v:?} guard program on this kernel: {limit}"));
         }
     }
     lines.join("\n")

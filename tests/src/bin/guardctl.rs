@@ -66,8 +66,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             isolation::release(&config, &done, &grants)?;
         }
         ["policy"] => {
-            let guard = Guard::ensure(&config.bpf_dir)?;
+            let guard = Guard::ensure(&config)?;
             let policy: Vec<_> = guard
+                .maps
                 .policy()?
                 .into_iter()
                 .map(|p| {

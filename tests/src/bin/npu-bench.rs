@@ -454,7 +454,7 @@ fn scale(place: Place<'_>, host: &FakeHost) {
     // Hook time as the number of registered containers grows: fill the maps with containers
     // that look like live ones (ids no real cgroup has), then start a few real ones.
     println!("  hook time with N containers registered (25 sequential starts each):");
-    let mut guard = Guard::ensure(&host.config.bpf_dir).expect("guard");
+    let mut guard = Guard::ensure(&host.config).expect("guard");
     let grants: Vec<Grant> = (0..5)
         .map(|minor| Grant {
             dev_type: DevType::Char,
@@ -468,6 +468,7 @@ fn scale(place: Place<'_>, host: &FakeHost) {
     for target in [10u64, 100, 1000] {
         while registered < target {
             guard
+                .maps
                 .register((1 << 40) + registered, &grants)
                 .expect("register");
             registered += 1;
@@ -495,6 +496,7 @@ fn scale(place: Place<'_>, host: &FakeHost) {
     );
     for id in 0..registered {
         guard
+            .maps
             .unregister((1 << 40) + id, &grants)
             .expect("unregister");
     }

@@ -1,11 +1,20 @@
 //! The cgroup v2 device guard: the compiled program from `ebpf/`, loaded once per program
-//! version, pinned with its maps under `bpf_dir/<version>/`, and attached to NPU containers'
-//! cgroups.
+//! version and pinned, attached to NPU containers' cgroups, with maps that outlive versions.
+//!
+//! Pins under `bpf_dir`:
+//! - `maps/v<MAP_LAYOUT>/npu_{classes,containers,grants,denials}`: the guarded classes, the
+//!   registered containers and their grants, the denial ring buffer. Every program version
+//!   uses these same maps, so a new build's program, once attached, gives running containers
+//!   exactly the verdicts they had (an upgrade needs no migration until the layout changes).
+//! - `<version>/npu_dev_guard` (or `npu_dev_guard_basic`): the program, one directory per
+//!   build. The file name says which [`Variant`] this kernel runs.
 //!
 //! Loading with aya costs tens of milliseconds (ELF, BTF, feature probes), so it happens once
-//! per build; every later container start only opens the pins (four `bpf(BPF_OBJ_GET)` calls).
-//! A new build pins beside the old one: containers already attached to the old program keep
-//! it, and its maps, until they stop.
+//! per build and boot; every later container start only opens the pins (`bpf(BPF_OBJ_GET)`).
+//! The full variant is tried first; if the verifier refuses it for helpers this kernel does
+//! not give cgroup device programs, the basic one. If neither loads, that verdict is kept
+//! (per build and boot, in `state_dir/node/`) so later containers do not pay for the attempt,
+//! and nothing is left pinned.
 mod sys;
 
 use std::{
@@ -21,18 +30,30 @@ use aya::{
 };
 use npu_guard_common::{
     ClassValue, ContainerKey, ContainerStats, GrantKey, GrantValue, MAP_CLASSES, MAP_CONTAINERS,
-    MAP_DENIALS, MAP_GRANTS, MAX_MAJORS, PROGRAM_NAME,
+    MAP_DENIALS, MAP_GRANTS, MAP_LAYOUT, MAX_MAJORS, PROGRAM_NAME,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::node::{
+    config::Config,
+    rules::{Access, DevType, DeviceClass, Grant},
+    state,
 };
 
-use crate::node::rules::{Access, DevType, DeviceClass, Grant};
+/// The guard program variants, built from `ebpf/` by this crate's build script.
+static OBJECT_FULL: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/npu-guard"));
+static OBJECT_BASIC: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/npu-guard-basic"));
 
-/// The guard program, built from `ebpf/` by this crate's build script.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/npu-guard"));
+/// Every map the program uses, all pinned in the maps directory.
+const MAPS: [&str; 4] = [MAP_CLASSES, MAP_CONTAINERS, MAP_GRANTS, MAP_DENIALS];
 
 /// `bpf_map_update_elem` flag: fail if the key exists.
 const BPF_NOEXIST: u64 = 1;
 /// Where bpffs lives by convention; mounted there when missing.
 const BPFFS_ROOT: &str = "/sys/fs/bpf";
+/// The node fact (`state_dir/node/`) remembering that no variant loads on this kernel.
+const UNSUPPORTED_FACT: &str = "guard-unsupported";
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuardError {
@@ -47,6 +68,11 @@ pub enum GuardError {
     Load(#[source] Box<aya::EbpfError>),
     #[error("cannot load the device guard program: {0}")]
     Program(#[from] ProgramError),
+    #[error(
+        "this kernel cannot run the device guard: {reason} (remembered for this build until \
+         reboot; see npu-ctk doctor)"
+    )]
+    Unsupported { reason: String },
     #[error("the guard object has no {0}")]
     Missing(&'static str),
     #[error("cannot pin {path}: {source}")]
@@ -54,8 +80,15 @@ pub enum GuardError {
         path: PathBuf,
         source: aya::pin::PinError,
     },
-    #[error("cannot open pinned {path}: {source}")]
-    OpenPin { path: PathBuf, source: MapError },
+    #[error(
+        "cannot open pinned {path}: {source} (a map of another layout must not be reused: \
+         remove {maps} only when no NPU container runs)"
+    )]
+    OpenPin {
+        path: PathBuf,
+        maps: PathBuf,
+        source: MapError,
+    },
     #[error("cannot open pinned program {path}: {source}")]
     OpenProgram {
         path: PathBuf,
@@ -81,11 +114,74 @@ pub enum GuardError {
     BadCgroup(u64),
     #[error("device major {0} is out of range")]
     BadMajor(u32),
+    #[error(transparent)]
+    State(#[from] state::StateError),
 }
 
-/// Identifies the embedded program build: a hash of the object file (see build.rs).
+/// Which program this kernel runs: what a cgroup device program may ask differs by kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Variant {
+    /// Owners among the task's ancestors, pid and command in denial events.
+    Full,
+    /// The task's own cgroup only, no pid or command (e.g. 5.10).
+    Basic,
+}
+
+impl Variant {
+    /// In the order they are tried.
+    pub const ALL: [Self; 2] = [Self::Full, Self::Basic];
+
+    fn object(self) -> &'static [u8] {
+        match self {
+            Self::Full => OBJECT_FULL,
+            Self::Basic => OBJECT_BASIC,
+        }
+    }
+
+    /// The program's pin file name in its version directory.
+    pub fn pin_name(self) -> &'static str {
+        match self {
+            Self::Full => PROGRAM_NAME,
+            Self::Basic => "npu_dev_guard_basic",
+        }
+    }
+
+    /// What this variant does not give, for `doctor` and `policy show` (none for full).
+    pub fn limits(self) -> &'static [&'static str] {
+        match self {
+            Self::Full => &[],
+            Self::Basic => &[
+                "sub-cgroups of a container are denied its NPUs (no \
+                 bpf_get_current_ancestor_cgroup_id for cgroup device programs)",
+                "denial events carry no pid or command (no bpf_get_current_pid_tgid / \
+                 bpf_get_current_comm)",
+            ],
+        }
+    }
+}
+
+/// Identifies the embedded program build: a hash of both objects (see build.rs).
 pub fn version() -> String {
     env!("NPU_GUARD_VERSION").to_string()
+}
+
+/// The directory of the maps shared by every program version.
+pub fn maps_dir(bpf_dir: &Path) -> PathBuf {
+    bpf_dir.join("maps").join(format!("v{MAP_LAYOUT}"))
+}
+
+/// The pin of shared map `name` (e.g. [`MAP_GRANTS`]).
+pub fn map_pin(bpf_dir: &Path, name: &str) -> PathBuf {
+    maps_dir(bpf_dir).join(name)
+}
+
+/// The variant pinned for `version`, if its program is pinned.
+pub fn pinned_variant(bpf_dir: &Path, version: &str) -> Option<Variant> {
+    let dir = bpf_dir.join(version);
+    Variant::ALL
+        .into_iter()
+        .find(|v| dir.join(v.pin_name()).exists())
 }
 
 /// Program versions pinned under `bpf_dir`.
@@ -94,9 +190,9 @@ pub fn versions(bpf_dir: &Path) -> std::io::Result<Vec<String>> {
     match std::fs::read_dir(bpf_dir) {
         Ok(entries) => {
             for entry in entries {
-                let entry = entry?;
-                if entry.path().join(PROGRAM_NAME).exists() {
-                    out.push(entry.file_name().to_string_lossy().into_owned());
+                let name = entry?.file_name().to_string_lossy().into_owned();
+                if pinned_variant(bpf_dir, &name).is_some() {
+                    out.push(name);
                 }
             }
         }
@@ -116,25 +212,43 @@ pub struct ContainerPolicy {
     pub grants: Vec<Grant>,
 }
 
-/// Handles on one pinned program version and its maps.
-pub struct Guard {
-    version: String,
-    program: OwnedFd,
-    program_id: u32,
+/// The shared maps: guarded classes, registered containers and their grants.
+pub struct Maps {
     classes: Array<MapData, ClassValue>,
     containers: PerCpuHashMap<MapData, ContainerKey, ContainerStats>,
     grants: PerCpuHashMap<MapData, GrantKey, GrantValue>,
 }
 
+/// Handles on one pinned program version and the shared maps.
+pub struct Guard {
+    version: String,
+    variant: Variant,
+    program: OwnedFd,
+    program_id: u32,
+    pub maps: Maps,
+}
+
+/// The verdict kept when no variant loads (per build and boot).
+#[derive(Debug, Serialize, Deserialize)]
+struct UnsupportedFact {
+    version: String,
+    boot_id: String,
+    reason: String,
+}
+
 impl Guard {
-    /// Opens the pinned program of this build under `bpf_dir`, loading and pinning it first if
-    /// no earlier call did (mounting bpffs at /sys/fs/bpf if needed).
-    pub fn ensure(bpf_dir: &Path) -> Result<Self, GuardError> {
+    /// Opens the pinned program of this build under `config.bpf_dir`, loading and pinning it
+    /// first if no earlier call did (mounting bpffs at /sys/fs/bpf if needed).
+    pub fn ensure(config: &Config) -> Result<Self, GuardError> {
+        let bpf_dir = &config.bpf_dir;
         ensure_bpffs(bpf_dir)?;
         if let Some(guard) = Self::pinned(bpf_dir) {
             return Ok(guard);
         }
         let version = version();
+        if let Some(reason) = remembered_unsupported(config, &version) {
+            return Err(GuardError::Unsupported { reason });
+        }
         let dir = bpf_dir.join(&version);
         let lock_error = |source| GuardError::Bpffs {
             path: bpf_dir.into(),
@@ -143,31 +257,42 @@ impl Guard {
         let lock_dir = File::open(bpf_dir).map_err(lock_error)?;
         let _lock = nix::fcntl::Flock::lock(lock_dir, nix::fcntl::FlockArg::LockExclusive)
             .map_err(|(_, errno)| lock_error(errno.into()))?;
-        if !dir.join(PROGRAM_NAME).exists() {
-            load_and_pin(&dir)?;
+        if pinned_variant(bpf_dir, &version).is_none() {
+            match load_and_pin(bpf_dir, &dir) {
+                Err(GuardError::Unsupported { reason }) => {
+                    let fact = UnsupportedFact {
+                        version,
+                        boot_id: state::boot_id(),
+                        reason: reason.clone(),
+                    };
+                    state::write_node(&config.state_dir, UNSUPPORTED_FACT, &fact)?;
+                    return Err(GuardError::Unsupported { reason });
+                }
+                other => other?,
+            };
         }
-        Self::open_dir(dir, version)
+        Self::open_dir(bpf_dir, dir, version)
     }
 
     /// This build's program if it is pinned already under `bpf_dir` (nothing is loaded or
     /// mounted); `None` also when opening fails, for [`Guard::ensure`] to report.
     pub fn pinned(bpf_dir: &Path) -> Option<Self> {
         let version = version();
-        let dir = bpf_dir.join(&version);
-        // The program is pinned last, so its pin means the maps are there too.
-        if !dir.join(PROGRAM_NAME).exists() {
-            return None;
-        }
-        Self::open_dir(dir, version).ok()
+        pinned_variant(bpf_dir, &version)?;
+        Self::open_dir(bpf_dir, bpf_dir.join(&version), version).ok()
     }
 
-    /// Opens an already pinned program version (e.g. an older build's, to unregister from it).
+    /// Opens an already pinned program version (e.g. an older build's, to re-attach it).
     pub fn open(bpf_dir: &Path, version: &str) -> Result<Self, GuardError> {
-        Self::open_dir(bpf_dir.join(version), version.to_string())
+        Self::open_dir(bpf_dir, bpf_dir.join(version), version.to_string())
     }
 
-    fn open_dir(dir: PathBuf, version: String) -> Result<Self, GuardError> {
-        let path = dir.join(PROGRAM_NAME);
+    fn open_dir(bpf_dir: &Path, dir: PathBuf, version: String) -> Result<Self, GuardError> {
+        let variant = Variant::ALL
+            .into_iter()
+            .find(|v| dir.join(v.pin_name()).exists())
+            .unwrap_or(Variant::Full);
+        let path = dir.join(variant.pin_name());
         let open_error = |source| GuardError::OpenProgram {
             path: path.clone(),
             source,
@@ -176,16 +301,198 @@ impl Guard {
         let program_id = sys::prog_id(program.as_fd()).map_err(open_error)?;
         Ok(Self {
             program_id,
-            classes: open_map(&dir, MAP_CLASSES)?,
-            containers: open_map(&dir, MAP_CONTAINERS)?,
-            grants: open_map(&dir, MAP_GRANTS)?,
+            maps: Maps::open(bpf_dir)?,
             program,
+            variant,
             version,
         })
     }
 
     pub fn version(&self) -> &str {
         &self.version
+    }
+
+    pub fn variant(&self) -> Variant {
+        self.variant
+    }
+
+    /// The kernel's id of the program (as `bpftool prog` shows it).
+    pub fn program_id(&self) -> u32 {
+        self.program_id
+    }
+
+    /// Attaches the program to the cgroup directory `cgroup` unless it already is.
+    /// Returns whether it attached now.
+    pub fn attach(&self, cgroup: &Path) -> Result<bool, GuardError> {
+        let dir = File::open(cgroup).map_err(|source| GuardError::Cgroup {
+            path: cgroup.into(),
+            source,
+        })?;
+        if self.attached_to_fd(&dir, cgroup)? {
+            return Ok(false);
+        }
+        sys::attach_device_program(dir.as_fd(), self.program.as_fd()).map_err(|source| {
+            GuardError::Attach {
+                path: cgroup.into(),
+                source,
+            }
+        })?;
+        Ok(true)
+    }
+
+    fn attached_to_fd(&self, dir: &File, path: &Path) -> Result<bool, GuardError> {
+        let id = self.program_id;
+        let ids =
+            sys::attached_device_programs(dir.as_fd()).map_err(|source| GuardError::Attach {
+                path: path.into(),
+                source,
+            })?;
+        Ok(ids.contains(&id))
+    }
+}
+
+/// Which variant this kernel would run, found by loading them (nothing is pinned or kept):
+/// `npu-ctk doctor`'s dry run.
+pub fn probe_load() -> Result<Variant, GuardError> {
+    let mut refused = Vec::new();
+    for variant in Variant::ALL {
+        match load(variant, None) {
+            Ok(_) => return Ok(variant),
+            Err(LoadFailure::Refused(reason)) => refused.push(reason),
+            Err(LoadFailure::Other(e)) => return Err(e),
+        }
+    }
+    Err(GuardError::Unsupported {
+        reason: refused.join("; "),
+    })
+}
+
+/// Why a variant did not load: refused by this kernel (try the next one), or another error.
+enum LoadFailure {
+    Refused(String),
+    Other(GuardError),
+}
+
+/// Loads `variant`, its maps reused from (or created and pinned at) `maps_dir`; with `None`,
+/// private maps (a dry run).
+fn load(variant: Variant, maps_dir: Option<&Path>) -> Result<aya::Ebpf, LoadFailure> {
+    let mut loader = aya::EbpfLoader::new();
+    if let Some(dir) = maps_dir {
+        for name in MAPS {
+            loader.map_pin_path(name, dir.join(name));
+        }
+    }
+    let mut ebpf = match loader.load(variant.object()) {
+        Ok(ebpf) => ebpf,
+        // A map type this kernel does not have (ring buffers before 5.8): no variant does
+        // without it.
+        Err(aya::EbpfError::MapError(MapError::CreateError { name, io_error }))
+            if io_error.raw_os_error() == Some(libc::EINVAL) =>
+        {
+            return Err(LoadFailure::Refused(format!(
+                "the kernel refuses to create map {name} ({io_error})"
+            )));
+        }
+        Err(e) => return Err(LoadFailure::Other(GuardError::Load(Box::new(e)))),
+    };
+    let program: &mut CgroupDevice = ebpf
+        .program_mut(PROGRAM_NAME)
+        .ok_or(LoadFailure::Other(GuardError::Missing(PROGRAM_NAME)))?
+        .try_into()
+        .map_err(|e: ProgramError| LoadFailure::Other(e.into()))?;
+    match program.load() {
+        Ok(()) => Ok(ebpf),
+        Err(ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        }) => {
+            let log = verifier_log.to_string();
+            // The verifier names a helper the program type may not call: "unknown func
+            // bpf_get_current_comm#16".
+            match log.lines().find(|l| l.contains("unknown func")) {
+                Some(line) => Err(LoadFailure::Refused(format!(
+                    "the {variant:?} program needs {}",
+                    line.trim()
+                        .trim_start_matches(|c: char| c.is_ascii_digit() || c == ':')
+                ))),
+                None => Err(LoadFailure::Other(GuardError::Program(
+                    ProgramError::LoadError {
+                        io_error,
+                        verifier_log,
+                    },
+                ))),
+            }
+        }
+        Err(e) => Err(LoadFailure::Other(e.into())),
+    }
+}
+
+/// The remembered "no variant loads" verdict for `version` in this boot, if any.
+fn remembered_unsupported(config: &Config, version: &str) -> Option<String> {
+    let fact: UnsupportedFact = state::read_node(&config.state_dir, UNSUPPORTED_FACT).ok()??;
+    (fact.version == version && fact.boot_id == state::boot_id()).then_some(fact.reason)
+}
+
+/// Loads the first variant this kernel accepts and pins its program into `dir`, with the
+/// shared maps. Called with the bpf_dir lock held. On failure nothing new stays pinned.
+fn load_and_pin(bpf_dir: &Path, dir: &Path) -> Result<Variant, GuardError> {
+    let maps = maps_dir(bpf_dir);
+    let bpffs_error = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| GuardError::Bpffs { path, source }
+    };
+    let new_maps = !maps.exists();
+    if !new_maps {
+        // Pins made by an earlier load: their key and value sizes must be this build's.
+        Maps::open(bpf_dir)?;
+    }
+    std::fs::create_dir_all(&maps).map_err(bpffs_error(&maps))?;
+    let drop_new_maps = || {
+        if new_maps {
+            let _ = std::fs::remove_dir_all(&maps);
+        }
+    };
+    let mut refused = Vec::new();
+    for variant in Variant::ALL {
+        let mut ebpf = match load(variant, Some(&maps)) {
+            Ok(ebpf) => ebpf,
+            Err(LoadFailure::Refused(reason)) => {
+                refused.push(reason);
+                continue;
+            }
+            Err(LoadFailure::Other(e)) => {
+                drop_new_maps();
+                return Err(e);
+            }
+        };
+        std::fs::create_dir_all(dir).map_err(bpffs_error(dir))?;
+        let path = dir.join(variant.pin_name());
+        let program: &mut CgroupDevice = ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or(GuardError::Missing(PROGRAM_NAME))?
+            .try_into()?;
+        if let Err(source) = program.pin(&path) {
+            let _ = std::fs::remove_dir(dir);
+            drop_new_maps();
+            return Err(GuardError::Pin { path, source });
+        }
+        return Ok(variant);
+    }
+    drop_new_maps();
+    Err(GuardError::Unsupported {
+        reason: refused.join("; "),
+    })
+}
+
+impl Maps {
+    /// Opens the shared maps pinned under `bpf_dir`, checking that their key and value sizes
+    /// are this build's.
+    pub fn open(bpf_dir: &Path) -> Result<Self, GuardError> {
+        Ok(Self {
+            classes: open_map(bpf_dir, MAP_CLASSES)?,
+            containers: open_map(bpf_dir, MAP_CONTAINERS)?,
+            grants: open_map(bpf_dir, MAP_GRANTS)?,
+        })
     }
 
     /// Marks device classes as guarded (idempotent; classes are never unguarded).
@@ -315,35 +622,6 @@ impl Guard {
             .map_err(map_error("remove", MAP_CONTAINERS))
     }
 
-    /// Attaches the program to the cgroup directory `cgroup` unless it already is.
-    /// Returns whether it attached now.
-    pub fn attach(&self, cgroup: &Path) -> Result<bool, GuardError> {
-        let dir = File::open(cgroup).map_err(|source| GuardError::Cgroup {
-            path: cgroup.into(),
-            source,
-        })?;
-        if self.attached_to_fd(&dir, cgroup)? {
-            return Ok(false);
-        }
-        sys::attach_device_program(dir.as_fd(), self.program.as_fd()).map_err(|source| {
-            GuardError::Attach {
-                path: cgroup.into(),
-                source,
-            }
-        })?;
-        Ok(true)
-    }
-
-    fn attached_to_fd(&self, dir: &File, path: &Path) -> Result<bool, GuardError> {
-        let id = self.program_id;
-        let ids =
-            sys::attached_device_programs(dir.as_fd()).map_err(|source| GuardError::Attach {
-                path: path.into(),
-                source,
-            })?;
-        Ok(ids.contains(&id))
-    }
-
     /// Every registered container with its counters and grants, by cgroup id.
     pub fn policy(&self) -> Result<Vec<ContainerPolicy>, GuardError> {
         let mut by_id: BTreeMap<u64, ContainerPolicy> = BTreeMap::new();
@@ -414,64 +692,26 @@ fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
     }
 }
 
-/// The denial ring buffer pinned for program `version`.
-pub fn open_denials(
-    bpf_dir: &Path,
-    version: &str,
-) -> Result<aya::maps::RingBuf<MapData>, GuardError> {
-    open_map(&bpf_dir.join(version), MAP_DENIALS)
+/// The shared denial ring buffer.
+pub fn open_denials(bpf_dir: &Path) -> Result<aya::maps::RingBuf<MapData>, GuardError> {
+    open_map(bpf_dir, MAP_DENIALS)
 }
 
-fn open_map<T>(dir: &Path, name: &'static str) -> Result<T, GuardError>
+fn open_map<T>(bpf_dir: &Path, name: &'static str) -> Result<T, GuardError>
 where
     T: TryFrom<Map, Error = MapError>,
 {
-    let path = dir.join(name);
+    let path = map_pin(bpf_dir, name);
     let open_error = |source| GuardError::OpenPin {
         path: path.clone(),
+        maps: maps_dir(bpf_dir),
         source,
     };
     let data = MapData::from_pin(&path).map_err(open_error)?;
+    // The typed conversion checks the map's type and key and value sizes.
     Map::from_map_data(data)
         .and_then(T::try_from)
         .map_err(open_error)
-}
-
-/// Loads the embedded object and pins maps, then the program, into `dir`.
-/// Called with the bpf_dir lock held.
-fn load_and_pin(dir: &Path) -> Result<(), GuardError> {
-    let bpffs_error = |source| GuardError::Bpffs {
-        path: dir.into(),
-        source,
-    };
-    std::fs::create_dir_all(dir).map_err(bpffs_error)?;
-    // Leftover map pins of a load that died before pinning the program: unused, replace them.
-    for name in [MAP_CLASSES, MAP_CONTAINERS, MAP_GRANTS, MAP_DENIALS] {
-        match std::fs::remove_file(dir.join(name)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(bpffs_error(e)),
-            _ => {}
-        }
-    }
-    let mut ebpf = aya::EbpfLoader::new()
-        .load(OBJECT)
-        .map_err(|e| GuardError::Load(Box::new(e)))?;
-    for name in [MAP_CLASSES, MAP_CONTAINERS, MAP_GRANTS, MAP_DENIALS] {
-        let path = dir.join(name);
-        ebpf.map(name)
-            .ok_or(GuardError::Missing(name))?
-            .pin(&path)
-            .map_err(|source| GuardError::Pin { path, source })?;
-    }
-    let program: &mut CgroupDevice = ebpf
-        .program_mut(PROGRAM_NAME)
-        .ok_or(GuardError::Missing(PROGRAM_NAME))?
-        .try_into()?;
-    program.load()?;
-    let path = dir.join(PROGRAM_NAME);
-    program
-        .pin(&path)
-        .map_err(|source| GuardError::Pin { path, source })?;
-    Ok(())
 }
 
 fn is_bpffs(path: &Path) -> bool {

@@ -1,16 +1,22 @@
-//! The NPU device guard: a `BPF_PROG_TYPE_CGROUP_DEVICE` program attached (with
-//! `BPF_F_ALLOW_MULTI`) to every NPU container's cgroup, next to the runtime's own filter.
+//! The NPU device guard, shared by both program variants (`full.rs`, `basic.rs`): a
+//! `BPF_PROG_TYPE_CGROUP_DEVICE` program attached (with `BPF_F_ALLOW_MULTI`) to every NPU
+//! container's cgroup, next to the runtime's own filter.
 //!
 //! Verdict: a device outside the guarded classes is allowed (the runtime's filter still
 //! decides); a guarded one is allowed only if the container that owns the current task holds a
 //! grant covering the requested access. The owner is the deepest registered ancestor of the
 //! task's cgroup, so sub-cgroups made inside a container are covered. No owner -> deny.
 //!
+//! The variants differ only in what the kernel lets a cgroup device program ask (`FULL`):
+//! the full one finds owners among the task's ancestors and puts the task's pid and command
+//! in denial events; the basic one (kernels that refuse `bpf_get_current_comm`,
+//! `bpf_get_current_pid_tgid` and `bpf_get_current_ancestor_cgroup_id` there, such as 5.10)
+//! knows only the task's own cgroup, so a sub-cgroup of a container owns nothing and is
+//! denied, and its events carry no pid or command.
+//!
 //! Cost matters: every device open in a guarded container runs this. A non-guarded device
 //! costs one inlined array lookup; an allowed NPU access from the container's own cgroup one
 //! more hash lookup. The ancestor walk only runs for sub-cgroups and denials.
-#![no_std]
-#![no_main]
 
 use aya_ebpf::{
     btf_maps::{Array, PerCpuHashMap, RingBuf},
@@ -18,7 +24,7 @@ use aya_ebpf::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
         bpf_get_current_pid_tgid,
     },
-    macros::{btf_map, cgroup_device},
+    macros::btf_map,
     programs::DeviceContext,
 };
 use npu_guard_common::{
@@ -55,8 +61,9 @@ struct Request {
     access: u32,
 }
 
-#[cgroup_device]
-pub fn npu_dev_guard(ctx: DeviceContext) -> i32 {
+/// The verdict for one device access (`FULL`: the full variant, see the module docs).
+#[inline(always)]
+pub fn check<const FULL: bool>(ctx: DeviceContext) -> i32 {
     // SAFETY: the kernel hands every cgroup device program a valid, readable bpf_cgroup_dev_ctx.
     let dev = unsafe { &*ctx.device };
     let dev_type = dev.access_type & 0xffff;
@@ -85,20 +92,20 @@ pub fn npu_dev_guard(ctx: DeviceContext) -> i32 {
     // Fast path: grants exist only for registered containers, so a grant of the task's own
     // cgroup makes that cgroup the deepest registered one.
     if let Some(grant) = grant_of(current) {
-        return verdict(grant, &req, current);
+        return verdict::<FULL>(grant, &req, current);
     }
-    let Some(owner) = owning_container(current) else {
-        report(&req, current, false);
+    let Some(owner) = owning_container::<FULL>(current) else {
+        report::<FULL>(&req, current, false);
         return DENY;
     };
     match grant_of(owner) {
-        Some(grant) => verdict(grant, &req, owner),
-        None => deny(&req, owner),
+        Some(grant) => verdict::<FULL>(grant, &req, owner),
+        None => deny::<FULL>(&req, owner),
     }
 }
 
 #[inline(always)]
-fn verdict(grant: *mut GrantValue, req: &Request, owner: u64) -> i32 {
+fn verdict<const FULL: bool>(grant: *mut GrantValue, req: &Request, owner: u64) -> i32 {
     // SAFETY: `grant` came from a per-CPU map lookup: this CPU's slot, valid for this
     // invocation and written by no other CPU.
     unsafe {
@@ -107,28 +114,32 @@ fn verdict(grant: *mut GrantValue, req: &Request, owner: u64) -> i32 {
             return ALLOW;
         }
     }
-    deny(req, owner)
+    deny::<FULL>(req, owner)
 }
 
 #[inline(always)]
-fn deny(req: &Request, owner: u64) -> i32 {
+fn deny<const FULL: bool>(req: &Request, owner: u64) -> i32 {
     if let Some(stats) = CONTAINERS.get_ptr_mut(ContainerKey { cgroup_id: owner }) {
         // SAFETY: this CPU's slot of a per-CPU map value, valid for this invocation.
         unsafe { (*stats).denied += 1 };
     }
-    report(req, owner, true);
+    report::<FULL>(req, owner, true);
     DENY
 }
 
 /// Puts a denial on the ring buffer (dropped if the buffer is full).
 #[inline(always)]
-fn report(req: &Request, cgroup_id: u64, owned: bool) {
+fn report<const FULL: bool>(req: &Request, cgroup_id: u64, owned: bool) {
     let Some(mut entry) = DENIALS.reserve(0) else {
         return;
     };
-    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    // The upper half of pid_tgid is the thread group id (the "pid" users know).
-    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let (comm, pid) = if FULL {
+        // The upper half of pid_tgid is the thread group id (the "pid" users know).
+        let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        (bpf_get_current_comm().unwrap_or([0; 16]), pid)
+    } else {
+        ([0; 16], 0)
+    };
     entry.write(DenialEvent {
         cgroup_id,
         dev_type: req.dev_type,
@@ -142,14 +153,18 @@ fn report(req: &Request, cgroup_id: u64, owned: bool) {
     entry.submit(0);
 }
 
-/// The deepest registered cgroup among the current task's cgroup and its ancestors.
+/// The deepest registered cgroup among the current task's cgroup and its ancestors (the
+/// basic variant: the task's own cgroup only).
 #[inline(always)]
-fn owning_container(current: u64) -> Option<u64> {
+fn owning_container<const FULL: bool>(current: u64) -> Option<u64> {
     if CONTAINERS
         .get_ptr(ContainerKey { cgroup_id: current })
         .is_some()
     {
         return Some(current);
+    }
+    if !FULL {
+        return None;
     }
     // Levels deeper than the task's own return 0, so walking down from the bound visits the
     // task's ancestors deepest first; level 0 (the root cgroup) is never registered.
