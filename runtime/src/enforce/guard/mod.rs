@@ -80,15 +80,8 @@ pub enum GuardError {
         path: PathBuf,
         source: aya::pin::PinError,
     },
-    #[error(
-        "cannot open pinned {path}: {source} (a map of another layout must not be reused: \
-         remove {maps} only when no NPU container runs)"
-    )]
-    OpenPin {
-        path: PathBuf,
-        maps: PathBuf,
-        source: MapError,
-    },
+    #[error("cannot open pinned {path}: {source}")]
+    OpenPin { path: PathBuf, source: MapError },
     #[error("cannot open pinned program {path}: {source}")]
     OpenProgram {
         path: PathBuf,
@@ -704,7 +697,6 @@ where
     let path = map_pin(bpf_dir, name);
     let open_error = |source| GuardError::OpenPin {
         path: path.clone(),
-        maps: maps_dir(bpf_dir),
         source,
     };
     let data = MapData::from_pin(&path).map_err(open_error)?;
