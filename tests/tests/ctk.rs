@@ -10,6 +10,7 @@ use npu_tests::{
     probe::guardctl,
     require_root, require_tools, run,
     runc::open_verdict,
+    syscalls::MountPath,
     unique,
 };
 
@@ -311,6 +312,44 @@ fn hook_install_and_doctor() {
             .all(|l| l.starts_with('[') || l.trim_start().starts_with("fix:")),
         "{out}"
     );
+    // The guard is loaded as a dry run (nothing pinned), and a real read-only bind mount is
+    // made the way the hook makes it, on each mount path.
+    assert!(
+        out.contains("[ ok ] guard program: this kernel loads the full variant"),
+        "{out}"
+    );
+    assert!(
+        !host.config.bpf_dir.exists()
+            || npu_runtime::enforce::guard::versions(&host.config.bpf_dir)
+                .unwrap()
+                .is_empty(),
+        "doctor pinned something"
+    );
+    for path in MountPath::ALL {
+        let hidden = path.hidden().join(",");
+        let out = Command::new(bin("nosys"))
+            .arg(&hidden)
+            .arg("--")
+            .arg(bin("npu-ctk"))
+            .arg("doctor")
+            .env(PATH_ENV, &host.config_path)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text
+            .lines()
+            .find(|l| l.contains("driver mounts"))
+            .unwrap_or_else(|| panic!("{path:?}: {text}"));
+        let want = match path {
+            MountPath::Native => "mount_setattr + move_mount",
+            MountPath::NoSetattr => "then a bind remount (no mount_setattr",
+            MountPath::Classic => "through /proc/self/fd",
+        };
+        assert!(
+            line.starts_with("[ ok ]") && line.contains(want),
+            "{path:?}: {line}"
+        );
+    }
     // Without its management devices, the host fails the check, with the fix.
     std::fs::remove_file(host.node("hisi_hdc")).unwrap();
     let (ok, out) = npu_tests::npu_ctk(&host, &["doctor"]);

@@ -10,7 +10,10 @@ use crate::{
     node::config::Config,
     node::devices::HostDevices,
     operate::engines::{self, Engine},
-    start::shim,
+    start::{
+        mounts::{self, MountApi},
+        shim,
+    },
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -69,10 +72,129 @@ pub fn failures(checks: &[Check]) -> usize {
     checks.iter().filter(|c| c.verdict == Verdict::Fail).count()
 }
 
+/// Whether this kernel runs the guard: a dry-run load of its variants (nothing is pinned),
+/// and what is pinned now.
+fn guard_check(config: &Config, layout: Option<&Layout>) -> Check {
+    let name = "guard program";
+    if let Some(Layout::Legacy { .. }) = layout {
+        return check(
+            name,
+            Verdict::Ok,
+            "not used: cgroup v1 only, the v1 devices controller isolates (no node guard \
+             either: on pure v1 hosts the shim's confinement is the protection)"
+                .into(),
+            "",
+        );
+    }
+    let current = guard::version();
+    let pinned = match guard::pinned_variant(&config.bpf_dir, &current) {
+        Some(v) => format!("version {current} pinned ({v:?} variant)"),
+        None => format!("version {current} not pinned yet (the first NPU container pins it)"),
+    };
+    match guard::probe_load() {
+        Ok(guard::Variant::Full) => check(
+            name,
+            Verdict::Ok,
+            format!("this kernel loads the full variant; {pinned}"),
+            "",
+        ),
+        Ok(variant) => check(
+            name,
+            Verdict::Warn,
+            format!(
+                "this kernel loads only the {variant:?} variant: {}; {pinned}",
+                variant.limits().join("; ")
+            ),
+            "a kernel whose cgroup device programs may call bpf_get_current_comm, \
+             bpf_get_current_pid_tgid and bpf_get_current_ancestor_cgroup_id (e.g. 6.1)",
+        ),
+        Err(e) if matches!(layout, Some(Layout::Hybrid { .. })) => check(
+            name,
+            Verdict::Warn,
+            format!("{e}: the v1 devices controller isolates alone (no BPF layer, no node guard)"),
+            "a kernel whose cgroup device programs may call bpf_get_current_cgroup_id and use \
+             ring buffers (5.8+)",
+        ),
+        Err(e) => check(
+            name,
+            Verdict::Fail,
+            format!("{e}: NPU containers are refused on this pure cgroup v2 host"),
+            "a kernel whose cgroup device programs may call bpf_get_current_cgroup_id and use \
+             ring buffers (5.8+), or boot with the cgroup v1 devices controller",
+        ),
+    }
+}
+
+/// Whether the hook can make read-only driver mounts here: the mount syscalls probed, and a
+/// real bind mount made the way a container start makes it, in a private mount namespace of
+/// a child process.
+fn mounts_check() -> Check {
+    let name = "driver mounts";
+    let api = MountApi::probe();
+    match in_private_mount_namespace(|| mounts::self_test(api)) {
+        Ok(()) => check(name, Verdict::Ok, api.describe().into(), ""),
+        Err(e) => check(
+            name,
+            Verdict::Fail,
+            format!("{}: {e}", api.describe()),
+            "NPU containers with driver mounts cannot start here; run as root, or use NODRV",
+        ),
+    }
+}
+
+/// Runs `f` in a forked child inside a new, private mount namespace; its error comes back
+/// through a pipe.
+fn in_private_mount_namespace(f: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let (mut reader, writer) = std::io::pipe().map_err(|e| format!("cannot make a pipe: {e}"))?;
+    // SAFETY: npu-ctk runs its checks on its only thread, so the child inherits no lock held
+    // by another thread; it only makes syscalls and leaves with _exit.
+    match unsafe { nix::unistd::fork() }.map_err(|e| format!("cannot fork: {e}"))? {
+        nix::unistd::ForkResult::Child => {
+            drop(reader);
+            let result = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+                .map_err(|e| format!("cannot make a mount namespace: {e}"))
+                .and_then(|()| {
+                    nix::mount::mount(
+                        None::<&str>,
+                        "/",
+                        None::<&str>,
+                        nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
+                        None::<&str>,
+                    )
+                    .map_err(|e| format!("cannot make the mounts private: {e}"))
+                })
+                .and_then(|()| f());
+            let mut writer = writer;
+            let code = match result {
+                Ok(()) => 0,
+                Err(e) => {
+                    let _ = writer.write_all(e.as_bytes());
+                    1
+                }
+            };
+            // SAFETY: _exit ends the child without running the parent's destructors twice.
+            unsafe { libc::_exit(code) }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(writer);
+            let mut message = String::new();
+            let _ = reader.read_to_string(&mut message);
+            match nix::sys::wait::waitpid(child, None) {
+                Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => Ok(()),
+                Ok(_) if !message.is_empty() => Err(message),
+                Ok(status) => Err(format!("the test process ended with {status:?}")),
+                Err(e) => Err(format!("cannot wait for the test process: {e}")),
+            }
+        }
+    }
+}
+
 /// Runs every check. `runtime_path` is the shim engines should point at.
 pub fn run(config: &Config, runtime_path: &Path) -> Vec<Check> {
     let mut out = Vec::new();
-    out.push(match Layout::detect() {
+    let layout = Layout::detect();
+    out.push(match &layout {
         Ok(layout) => check("cgroup mode", Verdict::Ok, layout.name().into(), ""),
         Err(e) => check(
             "cgroup mode",
@@ -88,27 +210,8 @@ pub fn run(config: &Config, runtime_path: &Path) -> Vec<Check> {
     } else {
         check("bpffs", Verdict::Warn, "not mounted at /sys/fs/bpf".into(), "nothing to do: the hook mounts it for the first NPU container (or: mount -t bpf bpf /sys/fs/bpf)")
     });
-    let current = guard::version();
-    let versions = guard::versions(&config.bpf_dir).unwrap_or_default();
-    out.push(if versions.contains(&current) {
-        let older = versions.len() - 1;
-        check(
-            "guard program",
-            Verdict::Ok,
-            format!(
-                "version {current} pinned under {} ({older} older version(s) still pinned)",
-                config.bpf_dir.display()
-            ),
-            "",
-        )
-    } else {
-        check(
-            "guard program",
-            Verdict::Warn,
-            format!("version {current} not loaded yet"),
-            "nothing to do: it is loaded and pinned with the first NPU container",
-        )
-    });
+    out.push(guard_check(config, layout.as_ref().ok()));
+    out.push(mounts_check());
     match HostDevices::discover(config) {
         Ok(host) => {
             out.push(if host.chips.is_empty() {

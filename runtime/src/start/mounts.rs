@@ -608,6 +608,54 @@ pub fn create_device(root: &Root, device: &ContainerDevice) -> Result<(), MountE
     .map_err(|e| io("chown", path)(e.into()))
 }
 
+/// Proves that `api` makes a read-only, nosuid, nodev bind mount on this kernel: binds a
+/// directory of a fresh temporary tree into another through [`prepare`] and [`attach`] (the
+/// same calls a container start makes), then checks the mount's flags. The caller runs it in a
+/// private mount namespace of its own (`npu-ctk doctor` forks for it).
+pub fn self_test(api: MountApi) -> Result<(), String> {
+    let dir = tempfile::Builder::new()
+        .prefix("npu-mount-test-")
+        .tempdir()
+        .map_err(|e| format!("cannot make a temporary directory: {e}"))?;
+    let driver = dir.path().join("driver");
+    let rootfs = dir.path().join("rootfs");
+    let lib = driver.join("lib");
+    for d in [&lib, &rootfs] {
+        std::fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| format!("cannot chmod {}: {e}", d.display()))?;
+    }
+    std::fs::write(lib.join("probe"), "npu\n").map_err(|e| format!("cannot write: {e}"))?;
+    let prepared = prepare(&driver, Path::new("/lib"), false, api)
+        .map_err(|e| e.to_string())?
+        .ok_or("the test source vanished")?;
+    let root = Root::open(&rootfs).map_err(|e| format!("cannot open the test root: {e}"))?;
+    attach(&root, prepared).map_err(|e| e.to_string())?;
+    let target = rootfs.join("lib");
+    let flags = nix::sys::statvfs::statvfs(&target)
+        .map_err(|e| format!("cannot statvfs {}: {e}", target.display()))?
+        .flags();
+    use nix::sys::statvfs::FsFlags;
+    let missing: Vec<&str> = [
+        (FsFlags::ST_RDONLY, "ro"),
+        (FsFlags::ST_NOSUID, "nosuid"),
+        (FsFlags::ST_NODEV, "nodev"),
+    ]
+    .into_iter()
+    .filter(|(f, _)| !flags.contains(*f))
+    .map(|(_, name)| name)
+    .collect();
+    let seen = std::fs::read_to_string(target.join("probe")).unwrap_or_default();
+    let _ = rustix::mount::unmount(&target, UnmountFlags::DETACH);
+    if !missing.is_empty() {
+        return Err(format!("the bind mount lacks {}", missing.join(", ")));
+    }
+    if seen != "npu\n" {
+        return Err("the bind mount does not show its source".into());
+    }
+    Ok(())
+}
+
 /// Runs `f` in the mount namespace of process `pid`, then returns to ours.
 pub fn in_mount_namespace<T>(pid: u32, f: impl FnOnce() -> T) -> Result<T, MountError> {
     let ours_path = Path::new("/proc/self/ns/mnt");
