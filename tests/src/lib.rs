@@ -4,7 +4,8 @@
 //! - [`probe`]: device verdicts from a process in given cgroups, and the expected matrix;
 //! - [`runc`]: runc containers from busybox bundles, through plain runc or our shim;
 //! - [`engines`]: private Docker, Podman and containerd daemons;
-//! - [`syscalls`]: older kernels' code paths forced by hiding syscalls (seccomp).
+//! - [`syscalls`]: older kernels' code paths forced by hiding syscalls (seccomp);
+//! - [`qemu`]: Debian's kernels booted under qemu with the release binaries.
 //!
 //! This file has what every suite uses: helper binaries, unique names, requirements and
 //! running commands.
@@ -23,6 +24,7 @@ pub mod cgroups;
 pub mod engines;
 pub mod host;
 pub mod probe;
+pub mod qemu;
 pub mod runc;
 pub mod syscalls;
 

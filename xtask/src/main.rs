@@ -46,24 +46,40 @@ fn cargo() -> Command {
     cmd
 }
 
-/// Release build of every binary, linked statically against musl, then runs one of them:
-/// `npu-demo` (real containers through the runtime on simulated NPUs) or `npu-bench`. The shim
-/// and the hook are exec'd on every container start, and a static glibc binary spends about
-/// 0.4 ms of that in its start-up CPU probing (`cpuid` traps to the hypervisor on a VM); a
-/// static musl binary starts in half the time (README, "Where the start time goes").
-fn release_binary(name: &str) -> Result {
-    let target = setup::release_target()?;
-    run(cargo().args(["build", "--release", "--bins", "--target", &target]))?;
-    let dir = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
-        std::path::PathBuf::from,
-    );
-    run(&mut Command::new(
-        dir.join(&target).join("release").join(name),
-    ))
+/// The release directory of [`release_build`].
+fn release_dir(target: &str) -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(
+            || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+            std::path::PathBuf::from,
+        )
+        .join(target)
+        .join("release")
 }
 
-/// Formatting, lints, then every test (unit, kernel-level and end-to-end suites).
+/// Release build of every binary, linked statically against musl. The shim and the hook are
+/// exec'd on every container start, and a static glibc binary spends about 0.4 ms of that in
+/// its start-up CPU probing (`cpuid` traps to the hypervisor on a VM); a static musl binary
+/// starts in half the time (README, "Where the start time goes"). Returns their directory.
+fn release_build() -> Result<std::path::PathBuf> {
+    let target = setup::release_target()?;
+    run(cargo().args(["build", "--release", "--bins", "--target", &target]))?;
+    Ok(release_dir(&target))
+}
+
+/// Runs one release binary: `npu-demo` (real containers through the runtime on simulated
+/// NPUs) or `npu-bench`.
+fn release_binary(name: &str) -> Result {
+    run(&mut Command::new(release_build()?.join(name)))
+}
+
+/// Test suites that take minutes and run beside the others (they mostly wait on emulators),
+/// each as (test target, test name to skip in the main run).
+const PARALLEL_SUITES: [(&str, &str); 1] =
+    [("kernels", "npu_containers_on_older_and_current_kernels")];
+
+/// Formatting, lints, then every test (unit, kernel-level and end-to-end suites). The slow
+/// suites run in parallel with the rest, from the same build.
 fn test(extra: &[String]) -> Result {
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
@@ -73,5 +89,78 @@ fn test(extra: &[String]) -> Result {
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
         .args(["--", "-D", "warnings"])
         .env("PATH", setup::path_with_cargo_bin()))?;
-    run(cargo().arg("test").args(extra))
+    // The kernel suite boots the static release binaries.
+    let release = release_build()?;
+    let env = [
+        ("NPU_RELEASE_DIR", release.into_os_string()),
+        ("NPU_TEST_KERNELS", setup::KERNEL_CACHE.into()),
+    ];
+    let mut build = cargo();
+    build.args([
+        "test",
+        "--no-run",
+        "--message-format=json-render-diagnostics",
+    ]);
+    let built = build
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run cargo test --no-run: {e}"))?;
+    if !built.status.success() {
+        return Err("cargo test --no-run failed".into());
+    }
+    let mut parallel = Vec::new();
+    for (target, _) in PARALLEL_SUITES {
+        let exe = test_executable(&built.stdout, target)?;
+        let log = std::env::temp_dir().join(format!("npu-xtask-{target}.log"));
+        let file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
+        eprintln!(
+            "xtask: running the {target} suite in parallel (output in {})",
+            log.display()
+        );
+        let child = Command::new(&exe)
+            .envs(env.iter().cloned())
+            .stdout(file.try_clone().map_err(|e| e.to_string())?)
+            .stderr(file)
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", exe.display()))?;
+        parallel.push((target, log, child));
+    }
+    let mut main = cargo();
+    main.arg("test")
+        .args(extra)
+        .envs(env.iter().cloned())
+        .arg("--");
+    for (_, name) in PARALLEL_SUITES {
+        main.args(["--skip", name]);
+    }
+    let result = run(&mut main);
+    let mut failed = Vec::new();
+    for (target, log, mut child) in parallel {
+        let status = child.wait().map_err(|e| e.to_string())?;
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        eprintln!("xtask: the {target} suite ({status}):\n{text}");
+        if !status.success() {
+            failed.push(target);
+        }
+    }
+    result?;
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("suite(s) failed: {}", failed.join(", ")))
+    }
+}
+
+/// The executable of test target `name` from cargo's JSON build messages.
+fn test_executable(messages: &[u8], name: &str) -> Result<std::path::PathBuf> {
+    String::from_utf8_lossy(messages)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|m| {
+            m["reason"] == "compiler-artifact"
+                && m["target"]["name"] == name
+                && m["target"]["kind"][0] == "test"
+        })
+        .and_then(|m| m["executable"].as_str().map(std::path::PathBuf::from))
+        .ok_or_else(|| format!("cargo built no test executable for {name}"))
 }

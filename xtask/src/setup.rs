@@ -8,15 +8,24 @@ use crate::{Result, run};
 
 /// Debian packages the build, the demo and the suites use.
 const PACKAGES: &[&str] = &[
-    "bpftool",        // the bpftool views in tests and demo
-    "runc",           // the low-level runtime
-    "busybox-static", // container root filesystems
-    "util-linux",     // unshare, nsenter (pure cgroup v2 namespace)
-    "docker.io",      // the Docker suites (dockerd 20.10, containerd)
-    "containerd",     // the containerd suite (ctr)
-    "podman",         // the Podman suites (runtime and hooks.d modes)
-    "strace",         // kills the hook at chosen syscalls in the fault suite
+    "bpftool",         // the bpftool views in tests and demo
+    "runc",            // the low-level runtime
+    "busybox-static",  // container root filesystems
+    "util-linux",      // unshare, nsenter (pure cgroup v2 namespace)
+    "docker.io",       // the Docker suites (dockerd 20.10, containerd)
+    "containerd",      // the containerd suite (ctr)
+    "podman",          // the Podman suites (runtime and hooks.d modes)
+    "strace",          // kills the hook at chosen syscalls in the fault suite
+    "qemu-system-x86", // boots Debian's 5.10 and 6.1 kernels for the kernel suite
+    "cpio",            // packs the guests' initramfs
 ];
+
+/// Where the kernel suite's kernels are kept (tests/src/qemu.rs reads the same default).
+pub const KERNEL_CACHE: &str = "/var/cache/npu-tests/kernels";
+
+/// Debian's cloud kernels the kernel suite boots: (suite, kernel series). bullseye's 5.10 is
+/// the series openEuler 22.03 LTS runs; bookworm's 6.1 a current one.
+const KERNELS: [(&str, &str); 2] = [("bullseye", "5.10"), ("bookworm", "6.1")];
 
 /// bpf-linker release known to build against the nightly's LLVM 22.
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -30,6 +39,91 @@ pub fn all() -> Result {
     rust_src()?;
     bpf_linker()?;
     musl_target()?;
+    kernels()?;
+    Ok(())
+}
+
+/// Downloads the kernel suite's kernels into [`KERNEL_CACHE`] unless they are there, with a
+/// private apt configuration per suite, so the machine's own sources and lists stay as they
+/// are (DESIGN.md 6b).
+fn kernels() -> Result {
+    let cache = Path::new(KERNEL_CACHE);
+    for (suite, series) in KERNELS {
+        let have = std::fs::read_dir(cache)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("vmlinuz-{series}."))
+            });
+        if have {
+            continue;
+        }
+        eprintln!("xtask: downloading Debian's {series} cloud kernel ({suite})");
+        let apt = cache.join(format!("apt-{suite}"));
+        for sub in ["sources", "lists/partial", "cache/archives/partial"] {
+            std::fs::create_dir_all(apt.join(sub)).map_err(|e| e.to_string())?;
+        }
+        std::fs::write(
+            apt.join("sources/debian.sources"),
+            format!(
+                "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: {suite}\n\
+                 Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        let private = |cmd: &str| {
+            let mut c = Command::new(cmd);
+            c.arg("-o").arg("Dir::Etc::sourcelist=/dev/null");
+            for (key, sub) in [
+                ("Dir::Etc::sourceparts", "sources"),
+                ("Dir::State::Lists", "lists"),
+                ("Dir::Cache", "cache"),
+            ] {
+                c.arg("-o")
+                    .arg(format!("{key}={}", apt.join(sub).display()));
+            }
+            c.args(["-o", "Dir::State::status=/dev/null"]);
+            // Root downloads into a root-only directory: no _apt sandbox user.
+            c.args(["-o", "APT::Sandbox::User=root"]);
+            c
+        };
+        run(private("apt-get").args(["update", "-qq"]))?;
+        // The metapackage names the suite's current kernel package.
+        let depends = output(private("apt-cache").args(["depends", "linux-image-cloud-amd64"]))?;
+        let package = depends
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Depends: "))
+            .filter(|p| p.starts_with("linux-image-"))
+            .ok_or_else(|| format!("no kernel package named in {suite}'s metapackage"))?
+            .to_string();
+        run(private("apt-get")
+            .args(["download", "-qq", &package])
+            .current_dir(&apt))?;
+        let deb = std::fs::read_dir(&apt)
+            .map_err(|e| e.to_string())?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "deb"))
+            .ok_or_else(|| format!("apt-get download {package} left no .deb"))?;
+        let extract = apt.join("extract");
+        std::fs::create_dir_all(&extract).map_err(|e| e.to_string())?;
+        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&extract))?;
+        let boot = extract.join("boot");
+        let image = std::fs::read_dir(&boot)
+            .map_err(|e| format!("{}: {e}", boot.display()))?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+            })
+            .ok_or_else(|| format!("{package} holds no vmlinuz"))?;
+        std::fs::copy(&image, cache.join(image.file_name().unwrap())).map_err(|e| e.to_string())?;
+        std::fs::remove_dir_all(&apt).map_err(|e| e.to_string())?;
+    }
     Ok(())
 }
 

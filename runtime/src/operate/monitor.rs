@@ -107,7 +107,7 @@ impl Resolver<'_> {
     }
 }
 
-/// Reads one version's ring buffer until the receiver goes away.
+/// Reads the ring buffer until the receiver goes away.
 async fn follow(
     mut ring: AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
     tx: mpsc::UnboundedSender<DenialEvent>,
@@ -169,7 +169,12 @@ pub fn run(config: &Config, json: bool, out: &mut impl Write) -> Result<(), Erro
                     if let Ok(inode) = std::fs::metadata(&pin).map(|m| m.ino())
                         && !followed.contains(&inode)
                     {
-                        let ring = guard::open_denials(&config.bpf_dir)?;
+                        let mut ring = guard::open_denials(&config.bpf_dir)?;
+                        // The ring outlives its readers: what an earlier reader left is history,
+                        // not what happens now.
+                        if !announced {
+                            while ring.next().is_some() {}
+                        }
                         // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, for as
                         // long as it lives, and the AsyncFd owns the RingBuf.
                         let fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }

@@ -1,0 +1,233 @@
+//! Other kernels: Debian's kernels booted under qemu (TCG: this VM has no usable KVM) with an
+//! initramfs holding busybox, runc with its libraries, the static release binaries and the
+//! `kernel-guest` test, which writes its results to the guest's second serial port.
+//! `cargo xtask setup` downloads the kernels (DESIGN.md section 6b); `cargo xtask test`
+//! builds the release binaries and names both directories in the environment.
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::run;
+
+/// Where `cargo xtask setup` keeps the kernels (`NPU_TEST_KERNELS` overrides it).
+pub const KERNELS_DEFAULT: &str = "/var/cache/npu-tests/kernels";
+
+/// The guest's cgroup layouts: pure v2, v1 controllers with the v2 tree (hybrid), v1 only.
+pub const LAYOUTS: [&str; 3] = ["v2", "hybrid", "v1"];
+
+/// The directory holding the downloaded kernels.
+pub fn kernels_dir() -> PathBuf {
+    std::env::var_os("NPU_TEST_KERNELS").map_or_else(|| PathBuf::from(KERNELS_DEFAULT), Into::into)
+}
+
+/// The kernel image for release `series` (e.g. "5.10"), if downloaded.
+pub fn kernel(series: &str) -> Option<PathBuf> {
+    let prefix = format!("vmlinuz-{series}.");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(kernels_dir())
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix))
+        })
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+/// The static release binaries (`NPU_RELEASE_DIR`, else the musl release directory).
+pub fn release_dir() -> PathBuf {
+    std::env::var_os("NPU_RELEASE_DIR").map_or_else(
+        || {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/x86_64-unknown-linux-musl/release")
+        },
+        Into::into,
+    )
+}
+
+/// The binaries the guest needs from the release directory.
+pub const GUEST_BINARIES: [&str; 5] = [
+    "npu-container-runtime",
+    "npu-container-hook",
+    "npu-ctk",
+    "devprobe",
+    "kernel-guest",
+];
+
+/// The guest's /init. Stage one (in the initramfs) copies everything into a tmpfs and
+/// switch_roots into it: runc cannot pivot_root out of an initramfs. Stage two mounts the
+/// layout named on the kernel command line (`npu.layout=`), runs the test, and powers off.
+const INIT: &str = r#"#!/bin/busybox sh
+export PATH=/bin:/usr/sbin:/usr/bin:/opt/npu
+if [ ! -e /.stage2 ]; then
+    mkdir -p /proc /sys /dev /newroot
+    mount -t proc proc /proc
+    mount -t tmpfs -o mode=0755 root /newroot
+    for d in bin lib lib64 usr opt etc init; do cp -a /$d /newroot/; done
+    mkdir -p /newroot/proc /newroot/sys /newroot/dev /newroot/tmp /newroot/run
+    touch /newroot/.stage2
+    umount /proc
+    exec switch_root /newroot /init
+fi
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mount -t tmpfs -o mode=1777 tmp /tmp
+mount -t tmpfs -o mode=0755 run /run
+layout=$(sed -n 's/.*npu\.layout=\([a-z0-9]*\).*/\1/p' /proc/cmdline)
+cg=/sys/fs/cgroup
+case "$layout" in
+v2)
+    mount -t cgroup2 none $cg
+    ;;
+hybrid|v1)
+    mount -t tmpfs -o mode=0755 cgroup $cg
+    for c in devices freezer pids memory cpu,cpuacct cpuset blkio; do
+        mkdir -p $cg/$c && mount -t cgroup -o $c $c $cg/$c
+    done
+    if [ "$layout" = hybrid ]; then
+        mkdir -p $cg/unified && mount -t cgroup2 none $cg/unified
+    fi
+    ;;
+esac
+echo "npu-guest: layout $layout, kernel $(uname -r)"
+kernel-guest "$layout" /dev/ttyS1
+echo "npu-guest: kernel-guest exited $?"
+sync
+poweroff -f
+"#;
+
+/// An initramfs for the guest, written under `dir`. `release` holds [`GUEST_BINARIES`].
+pub fn build_initramfs(dir: &Path, release: &Path) -> PathBuf {
+    let root = dir.join("initramfs");
+    for sub in ["bin", "usr/sbin", "opt/npu", "etc", "dev"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    // busybox and its applets.
+    let busybox = ["/usr/bin/busybox", "/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("busybox (busybox-static) is installed");
+    std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
+    for applet in run(Command::new(busybox).arg("--list")).split_whitespace() {
+        if applet != "busybox" {
+            let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
+        }
+    }
+    // runc, and the shared libraries it links. `runc` itself is kernel-guest's launcher,
+    // which runs `runc.real` from a sealed memfd (see kernel-guest.rs: Debian's runc cannot
+    // re-execute itself on 5.10 otherwise).
+    let runc = run(Command::new("sh").args(["-c", "command -v runc"]));
+    let runc = runc.trim();
+    std::fs::copy(runc, root.join("usr/sbin/runc.real")).unwrap();
+    std::os::unix::fs::symlink("/opt/npu/kernel-guest", root.join("usr/sbin/runc")).unwrap();
+    for lib in run(Command::new("ldd").arg(runc))
+        .lines()
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/')))
+    {
+        let target = root.join(lib.trim_start_matches('/'));
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        // ldd names links (e.g. /lib64/ld-linux-x86-64.so.2): copy what they point at.
+        std::fs::copy(lib, &target).unwrap();
+    }
+    for name in GUEST_BINARIES {
+        let from = release.join(name);
+        assert!(
+            from.exists(),
+            "{} is missing: build the release binaries (cargo xtask test does)",
+            from.display()
+        );
+        std::fs::copy(&from, root.join("opt/npu").join(name)).unwrap();
+    }
+    std::fs::write(root.join("init"), INIT).unwrap();
+    std::fs::set_permissions(root.join("init"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n").unwrap();
+    std::fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
+    // The kernel opens /dev/console for init before anything is mounted.
+    let _ = nix::sys::stat::mknod(
+        &root.join("dev/console"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+        nix::sys::stat::makedev(5, 1),
+    );
+    let image = dir.join("initramfs.cpio");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "find . -print0 | cpio --null --quiet -o -H newc > {}",
+            image.display()
+        ))
+        .current_dir(&root)
+        .status()
+        .expect("cpio");
+    assert!(status.success(), "cpio failed");
+    image
+}
+
+/// What one boot produced.
+pub struct Boot {
+    /// The guest test's results, one JSON object per line.
+    pub results: Vec<serde_json::Value>,
+    /// The kernel's and init's console output.
+    pub console: String,
+    pub seconds: f64,
+}
+
+/// Boots `kernel` with `initramfs` and the cgroup `layout`, waiting at most `limit`.
+pub fn boot(kernel: &Path, initramfs: &Path, layout: &str, dir: &Path, limit: Duration) -> Boot {
+    let tag = format!("{}-{layout}", kernel.file_name().unwrap().to_string_lossy());
+    let console = dir.join(format!("{tag}.console"));
+    let results = dir.join(format!("{tag}.results"));
+    let started = Instant::now();
+    // -smp 1: with two vCPUs the emulator sometimes hangs a guest (DESIGN.md 6b).
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", "1024"])
+        .args([
+            "-nographic",
+            "-no-reboot",
+            "-nodefaults",
+            "-monitor",
+            "none",
+        ])
+        .arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initramfs)
+        .arg("-append")
+        .arg(format!("console=ttyS0 panic=-1 quiet npu.layout={layout}"))
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()))
+        .arg("-serial")
+        .arg(format!("file:{}", results.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("qemu-system-x86_64");
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let text = std::fs::read_to_string(&results).unwrap_or_default();
+    Boot {
+        results: text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l.trim()).ok())
+            .collect(),
+        console: String::from_utf8_lossy(&std::fs::read(&console).unwrap_or_default()).into_owned(),
+        seconds: started.elapsed().as_secs_f64(),
+    }
+}
