@@ -139,9 +139,11 @@ impl FakeHost {
 
     /// Container records currently in the state directory.
     pub fn records(&self) -> Vec<String> {
+        // Files only: `node/` holds node-wide facts, not containers.
         std::fs::read_dir(&self.config.state_dir)
             .map(|d| {
                 d.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| !t.is_dir()))
                     .map(|e| e.file_name().to_string_lossy().into_owned())
                     .collect()
             })

@@ -40,26 +40,32 @@ impl MountPath {
         }
     }
 
-    /// The runtime to start containers with: the shim itself, or a script in `dir` that runs
-    /// it under `nosys`. The shim still finds the hook next to itself (it is exec'd, not
-    /// copied).
+    /// The runtime to start containers with: the shim itself, or [`runtime_hiding`] the
+    /// newer syscalls.
     pub fn runtime(self, dir: &Path) -> PathBuf {
-        let shim = bin("npu-container-runtime");
         if self == Self::Native {
-            return shim;
+            return bin("npu-container-runtime");
         }
-        let script = dir.join(format!("runtime-{self:?}"));
-        std::fs::write(
-            &script,
-            format!(
-                "#!/bin/sh\nexec {} {} -- {} \"$@\"\n",
-                bin("nosys").display(),
-                self.hidden().join(","),
-                shim.display()
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-        script
+        runtime_hiding(self.hidden(), dir)
     }
+}
+
+/// A script in `dir` that runs the shim under `nosys` hiding `hidden` (syscall names, or
+/// `bpf_map_create`: see nosys.rs). The shim still finds the hook next to itself (it is
+/// exec'd, not copied).
+pub fn runtime_hiding(hidden: &[&str], dir: &Path) -> PathBuf {
+    let name = hidden.join("-");
+    let script = dir.join(format!("runtime-without-{name}"));
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nexec {} {} -- {} \"$@\"\n",
+            bin("nosys").display(),
+            hidden.join(","),
+            bin("npu-container-runtime").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
 }

@@ -63,8 +63,8 @@ pub fn enforce_cgroups(
             Ok(g) => g,
             // On a hybrid host the v1 devices controller decides; the BPF layer is a second
             // one. On pure v2 it is the only one: no guard, no NPU container.
-            Err(GuardError::Unsupported { reason }) if cgroups.devices_v1.is_some() => {
-                tracing::warn!(%reason, "BPF layer skipped: the v1 devices controller isolates");
+            Err(e) if cgroups.devices_v1.is_some() => {
+                tracing::warn!(error = %e, "BPF layer skipped: the v1 devices controller isolates");
                 return enforce_v1_only(config, cgroups, host, grants, done);
             }
             Err(e) => return Err(e.into()),

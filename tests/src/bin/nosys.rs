@@ -2,6 +2,9 @@
 //! failing with ENOSYS, as on a kernel that predates them. The seccomp filter is inherited by
 //! every child, so a runtime started this way runs our hook on the same "old kernel". Used to
 //! prove the code paths for kernels older than this machine's (4.19, 3.10).
+//!
+//! `bpf_map_create` is not a syscall but `bpf(BPF_MAP_CREATE, ...)`, made to fail with EINVAL,
+//! as a kernel that has none of the guard's map types answers: no guard variant loads.
 use std::{os::unix::process::CommandExt, process::Command};
 
 /// The syscalls this tool can hide (x86_64 numbers from libc).
@@ -33,28 +36,45 @@ fn jump(code: u32, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
     }
 }
 
-/// A classic BPF filter: on x86_64, each listed syscall returns ENOSYS; everything else runs.
-fn filter(numbers: &[libc::c_long]) -> Vec<libc::sock_filter> {
+/// `bpf(2)`'s command number for creating a map.
+const BPF_MAP_CREATE: u32 = 0;
+
+/// A classic BPF filter: on x86_64, each listed syscall returns ENOSYS and, with
+/// `map_create`, `bpf(BPF_MAP_CREATE)` returns EINVAL; everything else runs.
+fn filter(numbers: &[libc::c_long], map_create: bool) -> Vec<libc::sock_filter> {
     use libc::{BPF_ABS, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W};
-    let allow = stmt(BPF_RET | BPF_K, libc::SECCOMP_RET_ALLOW);
+    let ret = |value: u32| stmt(BPF_RET | BPF_K, value);
     let n = numbers.len() as u8;
-    // seccomp_data: nr at offset 0, arch at offset 4.
+    // The bpf check after the syscall list: 3 instructions, or none.
+    let bpf_len: u8 = if map_create { 3 } else { 0 };
+    // seccomp_data: nr at offset 0, arch at offset 4, args[0] (low half) at offset 16.
     let mut prog = vec![
         stmt(BPF_LD | BPF_W | BPF_ABS, 4),
         // Another architecture: leave it alone (jump over the checks to "allow").
-        jump(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 0, n + 1),
+        jump(
+            BPF_JMP | BPF_JEQ | BPF_K,
+            AUDIT_ARCH_X86_64,
+            0,
+            n + bpf_len + 1,
+        ),
         stmt(BPF_LD | BPF_W | BPF_ABS, 0),
     ];
     for (i, nr) in numbers.iter().enumerate() {
-        // Match: jump to the ENOSYS return after the remaining checks and "allow".
-        let to_errno = (numbers.len() - i) as u8;
+        // Match: jump past the remaining checks, the bpf check and "allow" to ENOSYS.
+        let to_errno = (numbers.len() - i - 1) as u8 + bpf_len + 1;
         prog.push(jump(BPF_JMP | BPF_JEQ | BPF_K, *nr as u32, to_errno, 0));
     }
-    prog.push(allow);
-    prog.push(stmt(
-        BPF_RET | BPF_K,
-        libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
-    ));
+    if map_create {
+        // Not bpf: allow. bpf with another command: allow. BPF_MAP_CREATE: EINVAL.
+        prog.push(jump(BPF_JMP | BPF_JEQ | BPF_K, libc::SYS_bpf as u32, 0, 2));
+        prog.push(stmt(BPF_LD | BPF_W | BPF_ABS, 16));
+        prog.push(jump(BPF_JMP | BPF_JEQ | BPF_K, BPF_MAP_CREATE, 2, 0));
+    }
+    prog.push(ret(libc::SECCOMP_RET_ALLOW));
+    prog.push(ret(libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32));
+    if map_create {
+        prog.push(ret(libc::SECCOMP_RET_ERRNO | libc::EINVAL as u32));
+    }
     prog
 }
 
@@ -68,7 +88,12 @@ fn main() {
         std::process::exit(2);
     };
     let mut numbers = Vec::new();
+    let mut map_create = false;
     for name in list.split(',').filter(|n| !n.is_empty()) {
+        if name == "bpf_map_create" {
+            map_create = true;
+            continue;
+        }
         match KNOWN.iter().find(|(n, _)| *n == name) {
             Some((_, nr)) => numbers.push(*nr),
             None => {
@@ -79,7 +104,7 @@ fn main() {
             }
         }
     }
-    let mut prog = filter(&numbers);
+    let mut prog = filter(&numbers, map_create);
     let fprog = libc::sock_fprog {
         len: prog.len() as u16,
         filter: prog.as_mut_ptr(),

@@ -240,6 +240,7 @@ impl Guard {
         }
         let version = version();
         if let Some(reason) = remembered_unsupported(config, &version) {
+            tracing::info!(%reason, "guard not loaded: no variant loads on this kernel (remembered)");
             return Err(GuardError::Unsupported { reason });
         }
         let dir = bpf_dir.join(&version);
@@ -383,7 +384,7 @@ fn load(variant: Variant, maps_dir: Option<&Path>) -> Result<aya::Ebpf, LoadFail
             if io_error.raw_os_error() == Some(libc::EINVAL) =>
         {
             return Err(LoadFailure::Refused(format!(
-                "the kernel refuses to create map {name} ({io_error})"
+                "the {variant:?} program: the kernel refuses to create map {name} ({io_error})"
             )));
         }
         Err(e) => return Err(LoadFailure::Other(GuardError::Load(Box::new(e)))),
@@ -404,7 +405,7 @@ fn load(variant: Variant, maps_dir: Option<&Path>) -> Result<aya::Ebpf, LoadFail
             // bpf_get_current_comm#16".
             match log.lines().find(|l| l.contains("unknown func")) {
                 Some(line) => Err(LoadFailure::Refused(format!(
-                    "the {variant:?} program needs {}",
+                    "the {variant:?} program: the verifier refuses {}",
                     line.trim()
                         .trim_start_matches(|c: char| c.is_ascii_digit() || c == ':')
                 ))),
