@@ -76,7 +76,7 @@ fn judge(k: &Expect, layout: &str, boot: &qemu::Boot) -> Vec<String> {
     let mut want = vec!["layout", "doctor", "start", "isolation matrix"];
     want.extend(["read-only driver mounts", "cleanup"]);
     if layout != "v1" {
-        want.extend(["sub-cgroup of a container", "monitor"]);
+        want.extend(["sub-cgroup of a container", "monitor", "policy show"]);
     }
     for name in want {
         if check(r, name).is_none() {
@@ -109,6 +109,13 @@ fn judge(k: &Expect, layout: &str, boot: &qemu::Boot) -> Vec<String> {
             problems.push(format!(
                 "{ctx}: a sub-cgroup task got {sub}, want {}",
                 k.sub_cgroup
+            ));
+        }
+        let notes = detail("policy show");
+        let noted = notes.contains("sub-cgroups of a container are denied");
+        if noted != k.variant.contains("Basic") {
+            problems.push(format!(
+                "{ctx}: policy show's notes on the variant: {notes:?}"
             ));
         }
         let monitor = detail("monitor");

@@ -221,6 +221,18 @@ fn main() {
     });
 
     let guarded = layout != "v1";
+    r.run_if(guarded, "policy show", || {
+        let (ok, out) = ctk(&host, &["policy", "show"]);
+        if !(ok && out.contains(&a.id) && out.contains(&b.id)) {
+            return Err(out);
+        }
+        // What this kernel's guard variant cannot do, if anything (judged on the host side).
+        Ok(out
+            .lines()
+            .filter(|l| l.starts_with("note:"))
+            .collect::<Vec<_>>()
+            .join("\n"))
+    });
     r.run_if(guarded, "sub-cgroup of a container", || {
         let dir = unified_mount()
             .join(a.unified_path().trim_start_matches('/'))
