@@ -5,7 +5,10 @@
 //! Verdict: a device outside the guarded classes is allowed (the runtime's filter still
 //! decides); a guarded one is allowed only if the container that owns the current task holds a
 //! grant covering the requested access. The owner is the deepest registered ancestor of the
-//! task's cgroup, so sub-cgroups made inside a container are covered. No owner -> deny.
+//! task's cgroup, so sub-cgroups made inside a container are covered. No owner: mknod passes
+//! (runc makes the spec's nodes before our hook registers the container), read and write are
+//! denied - which is what the node guard on container parents gives containers started
+//! around the runtime.
 //!
 //! The variants differ only in what the kernel lets a cgroup device program ask (`FULL`):
 //! the full one finds owners among the task's ancestors and puts the task's pid and command
@@ -28,8 +31,8 @@ use aya_ebpf::{
     programs::DeviceContext,
 };
 use npu_guard_common::{
-    ClassValue, ContainerKey, ContainerStats, DENIALS_BYTES, DenialEvent, GrantKey, GrantValue,
-    MAX_CGROUP_DEPTH, MAX_CONTAINERS, MAX_GRANTS, MAX_MAJORS,
+    ACC_MKNOD, ClassValue, ContainerKey, ContainerStats, DENIALS_BYTES, DenialEvent, GrantKey,
+    GrantValue, MAX_CGROUP_DEPTH, MAX_CONTAINERS, MAX_GRANTS, MAX_MAJORS,
 };
 
 const ALLOW: i32 = 1;
@@ -95,6 +98,13 @@ pub fn check<const FULL: bool>(ctx: DeviceContext) -> i32 {
         return verdict::<FULL>(grant, &req, current);
     }
     let Some(owner) = owning_container::<FULL>(current) else {
+        // No container owns the task: under a node guard, a container started around the
+        // runtime, or one whose hook has not registered it yet. runc's init makes the spec's
+        // device nodes before any hook runs, and a node that cannot be read or written is
+        // harmless: mknod passes, reads and writes never do.
+        if req.access & !ACC_MKNOD == 0 {
+            return ALLOW;
+        }
         report::<FULL>(&req, current, false);
         return DENY;
     };

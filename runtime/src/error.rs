@@ -18,6 +18,8 @@ pub enum Error {
     #[error(transparent)]
     Request(#[from] RequestError),
     #[error(transparent)]
+    Names(#[from] crate::start::names::NamesError),
+    #[error(transparent)]
     Devices(#[from] DeviceError),
     #[error(transparent)]
     Cgroup(#[from] CgroupError),

@@ -120,14 +120,23 @@ pub fn verdict<'a>(v: &'a [Verdict], op: &str, path_end: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {op} verdict for {path_end} in {v:?}"))
 }
 
-/// Granted nodes: ENXIO on open (allowed, no driver), mknod OK; other guarded nodes: EPERM
-/// for everything; non-guarded devices untouched.
-pub fn assert_matrix(host: &FakeHost, v: &[Verdict], granted: &[u32], management: bool, ctx: &str) {
-    let check = |name: &str, allowed: bool| {
-        let (open, mk) = if allowed {
-            ("ENXIO", "OK")
-        } else {
-            ("EPERM", "EPERM")
+/// What a process may do with one NPU-class node.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// Open reaches the (missing) driver: ENXIO; mknod OK.
+    Granted,
+    /// A registered container's node it was not granted: EPERM for everything.
+    Denied,
+    /// No container owns the process (under a node guard): mknod OK, read and write EPERM.
+    Unowned,
+}
+
+fn check_nodes(host: &FakeHost, v: &[Verdict], expect: impl Fn(&str) -> Expect, ctx: &str) {
+    let check = |name: &str| {
+        let (open, mk) = match expect(name) {
+            Expect::Granted => ("ENXIO", "OK"),
+            Expect::Denied => ("EPERM", "EPERM"),
+            Expect::Unowned => ("EPERM", "OK"),
         };
         assert_eq!(
             verdict(v, "read", &format!("/{name}")),
@@ -146,10 +155,10 @@ pub fn assert_matrix(host: &FakeHost, v: &[Verdict], granted: &[u32], management
         );
     };
     for i in 0..host.chips {
-        check(&format!("davinci{i}"), granted.contains(&i));
+        check(&format!("davinci{i}"));
     }
     for name in ["davinci_manager", "devmm_svm", "hisi_hdc"] {
-        check(name, management);
+        check(name);
     }
     assert_eq!(
         verdict(v, "read", "/other0"),
@@ -162,6 +171,28 @@ pub fn assert_matrix(host: &FakeHost, v: &[Verdict], granted: &[u32], management
         "{ctx}: non-guarded mknod"
     );
     assert_eq!(verdict(v, "read", "/dev/null"), "OK", "{ctx}: /dev/null");
+}
+
+/// Granted nodes: ENXIO on open (allowed, no driver), mknod OK; other guarded nodes: EPERM
+/// for everything; non-guarded devices untouched.
+pub fn assert_matrix(host: &FakeHost, v: &[Verdict], granted: &[u32], management: bool, ctx: &str) {
+    let expect = |name: &str| {
+        let ok = match name
+            .strip_prefix("davinci")
+            .and_then(|i| i.parse::<u32>().ok())
+        {
+            Some(i) => granted.contains(&i),
+            None => management,
+        };
+        if ok { Expect::Granted } else { Expect::Denied }
+    };
+    check_nodes(host, v, expect, ctx);
+}
+
+/// A process no container owns, under the guard: it may mknod an NPU-class node but never
+/// read or write one; non-guarded devices untouched.
+pub fn assert_unowned(host: &FakeHost, v: &[Verdict], ctx: &str) {
+    check_nodes(host, v, |_| Expect::Unowned, ctx);
 }
 
 /// Runs the `guardctl` helper at `place` with the fake host's config.

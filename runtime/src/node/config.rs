@@ -44,6 +44,12 @@ pub struct Config {
     pub management_devices: Vec<String>,
     /// Nodes given to NPU containers when the host has them, skipped when absent.
     pub optional_management_devices: Vec<String>,
+    /// Whether containers that name no NPU but could reach one (a broad device rule, or an
+    /// NPU node listed without its own rule) are confined to none.
+    pub confine_unnamed: bool,
+    /// Container parent cgroups (relative to the cgroup v2 root) that `npu-ctk guard install`
+    /// guards by default, those of them that exist.
+    pub guarded_parents: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -84,6 +90,21 @@ impl Default for Config {
                 "venc",
                 "dvpp_cmdlist",
                 "log_drv",
+            ]
+            .map(String::from)
+            .to_vec(),
+            confine_unnamed: true,
+            // Kubernetes (systemd and cgroupfs drivers), Docker (cgroupfs, or a docker.slice
+            // cgroup-parent), Podman (systemd, cgroupfs), containerd's ctr (its namespaces).
+            guarded_parents: [
+                "/kubepods.slice",
+                "/kubepods",
+                "/docker",
+                "/docker.slice",
+                "/machine.slice",
+                "/libpod_parent",
+                "/default",
+                "/k8s.io",
             ]
             .map(String::from)
             .to_vec(),
@@ -152,6 +173,13 @@ impl Config {
         }
         glob::Pattern::new(&config.chip_pattern)
             .map_err(|e| invalid(format!("key `chip_pattern`: {e}")))?;
+        for parent in &config.guarded_parents {
+            if let Err(reason) = check_parent(parent) {
+                return Err(invalid(format!(
+                    "key `guarded_parents`: {parent:?} {reason}"
+                )));
+            }
+        }
         for (key, names) in [
             ("management_devices", &config.management_devices),
             (
@@ -170,6 +198,22 @@ impl Config {
         }
         Ok(config)
     }
+}
+
+/// A container parent cgroup as `guarded_parents` and `npu-ctk guard install --cgroup` take it:
+/// an absolute path below the cgroup v2 root, without `.` or `..`, not the root itself (whose
+/// guard would deny NPUs to every process of the host).
+pub fn check_parent(path: &str) -> Result<(), &'static str> {
+    if !path.starts_with('/') {
+        return Err("is not an absolute cgroup path (e.g. /kubepods.slice)");
+    }
+    if path.trim_matches('/').is_empty() {
+        return Err("is the root cgroup: guarding it would deny NPUs to the whole host");
+    }
+    if path.split('/').any(|c| c == "." || c == "..") {
+        return Err("may not contain . or ..");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -216,6 +260,11 @@ mod tests {
             ("chip_pattern = \"davinci[\"", "chip_pattern"),
             ("management_devices = [\"../sda\"]", "management_devices"),
             ("dev_root = 3", "dev_root"),
+            ("guarded_parents = [\"kubepods\"]", "guarded_parents"),
+            ("guarded_parents = [\"/\"]", "guarded_parents"),
+            ("guarded_parents = [\"/a/../b\"]", "guarded_parents"),
+            ("guarded_parents = \"/docker\"", "guarded_parents"),
+            ("confine_unnamed = \"yes\"", "confine_unnamed"),
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(

@@ -176,6 +176,39 @@ impl HostDevices {
         Ok(host)
     }
 
+    /// The guarded classes only, found the cheap way: of the names under `dev_root`, only
+    /// those that can be NPU nodes (the chip patterns, the management names) are inspected.
+    /// Containers that name no NPU are checked against these on every start.
+    pub fn npu_classes(config: &Config) -> Result<BTreeSet<DeviceClass>, DeviceError> {
+        let pattern_error = |e: glob::PatternError| DeviceError::Pattern {
+            pattern: config.chip_pattern.clone(),
+            message: e.to_string(),
+        };
+        let chip = glob::Pattern::new(&config.chip_pattern).map_err(pattern_error)?;
+        let virtual_chip =
+            glob::Pattern::new(&format!("v{}", config.chip_pattern)).map_err(pattern_error)?;
+        let read_dir_error = |source| DeviceError::ReadDir {
+            path: config.dev_root.clone(),
+            source,
+        };
+        let mut classes = BTreeSet::new();
+        for entry in std::fs::read_dir(&config.dev_root).map_err(read_dir_error)? {
+            let entry = entry.map_err(read_dir_error)?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else {
+                continue;
+            };
+            let npu = chip_index(name, &chip).is_some()
+                || chip_index(name, &virtual_chip).is_some()
+                || config.management_devices.iter().any(|m| m == name)
+                || config.optional_management_devices.iter().any(|m| m == name);
+            if npu && let Ok(Some(node)) = DeviceNode::stat(&entry.path()) {
+                classes.insert(node.class());
+            }
+        }
+        Ok(classes)
+    }
+
     /// The guarded classes: (type, major) of every NPU-related node.
     pub fn classes(&self) -> BTreeSet<DeviceClass> {
         self.chips

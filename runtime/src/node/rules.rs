@@ -206,6 +206,11 @@ impl Rule {
         }
     }
 
+    /// Whether the rule names exactly one node: a device type, a major and a minor.
+    pub fn is_exact(&self) -> bool {
+        matches!(self.rule_type, RuleType::Dev(_)) && self.major.is_some() && self.minor.is_some()
+    }
+
     pub fn matches(&self, dev_type: DevType, major: u32, minor: u32) -> bool {
         self.rule_type.covers(dev_type)
             && self.major.is_none_or(|m| m == major)
@@ -265,6 +270,58 @@ impl fmt::Display for Rule {
     }
 }
 
+/// `grants` sorted, with the grants of one node merged into one (the union of their access).
+pub fn merge(mut grants: Vec<Grant>) -> Vec<Grant> {
+    grants.sort();
+    let mut out: Vec<Grant> = Vec::with_capacity(grants.len());
+    for g in grants {
+        match out.last_mut() {
+            Some(last)
+                if (last.dev_type, last.major, last.minor) == (g.dev_type, g.major, g.minor) =>
+            {
+                last.access = last.access.union(g.access);
+            }
+            _ => out.push(g),
+        }
+    }
+    out
+}
+
+/// A rule of an ordered list, as OCI `linux.resources.devices` has them: allow or deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuleEntry {
+    pub allow: bool,
+    pub rule: Rule,
+}
+
+/// What an ordered list of rules gives one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Effective {
+    pub allowed: Access,
+    /// The allowed bits whose deciding rule names exactly this node (not a broad rule).
+    pub exact: Access,
+}
+
+/// Evaluates `rules` for one node as runc (and the kernel's v1 controller) do: for each
+/// access bit, the last rule that matches the node and mentions the bit decides; nothing is
+/// allowed by default.
+pub fn effective(rules: &[RuleEntry], dev_type: DevType, major: u32, minor: u32) -> Effective {
+    let mut out = Effective::default();
+    for bit in [Access::READ, Access::WRITE, Access::MKNOD] {
+        let last = rules
+            .iter()
+            .rev()
+            .find(|e| e.rule.access.contains(bit) && e.rule.matches(dev_type, major, minor));
+        if let Some(e) = last.filter(|e| e.allow) {
+            out.allowed = out.allowed.union(bit);
+            if e.rule.is_exact() {
+                out.exact = out.exact.union(bit);
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,5 +373,35 @@ mod tests {
         ] {
             assert!(Rule::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_last_matching_rule_decides_each_bit() {
+        let rule = |allow: bool, text: &str| RuleEntry {
+            allow,
+            rule: Rule::parse(text).unwrap(),
+        };
+        let c = DevType::Char;
+        assert_eq!(effective(&[], c, 240, 1), Effective::default());
+        let all = [rule(true, "a *:* rwm")];
+        assert_eq!(effective(&all, c, 240, 1).allowed, Access::ALL);
+        assert_eq!(effective(&all, c, 240, 1).exact, Access::NONE);
+        // An exact rule after allow-all names the node; allow-all after it is broad again.
+        let named = [rule(true, "a *:* rwm"), rule(true, "c 240:1 rw")];
+        let e = effective(&named, c, 240, 1);
+        assert_eq!((e.allowed, e.exact.to_string()), (Access::ALL, "rw".into()));
+        let broad_last = [rule(true, "c 240:1 rwm"), rule(true, "a *:* rwm")];
+        assert_eq!(effective(&broad_last, c, 240, 1).exact, Access::NONE);
+        // A later deny takes a bit away; other nodes and types are untouched.
+        let denied = [rule(true, "c 240:1 rwm"), rule(false, "c 240:* w")];
+        assert_eq!(effective(&denied, c, 240, 1).allowed.to_string(), "rm");
+        assert_eq!(effective(&denied, c, 240, 2).allowed, Access::NONE);
+        assert_eq!(
+            effective(&denied, DevType::Block, 240, 1).allowed,
+            Access::NONE
+        );
+        assert!(Rule::parse("c 240:1 r").unwrap().is_exact());
+        assert!(!Rule::parse("c 240:* r").unwrap().is_exact());
+        assert!(!Rule::parse("a 240:1 r").unwrap().is_exact());
     }
 }

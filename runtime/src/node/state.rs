@@ -37,6 +37,9 @@ pub struct Record {
     /// Grants taken away from the running container (`npu-ctk device revoke`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub revoked: Vec<Grant>,
+    /// The container names no NPU and is confined to none (it could have reached one).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub confined: bool,
 }
 
 /// What was enforced for a container: enough to release it later without its pid.
@@ -233,6 +236,7 @@ mod tests {
                 devices_v1_dir: None,
             },
             revoked: vec![],
+            confined: false,
         };
         write(dir.path(), &record).unwrap();
         let text = std::fs::read_to_string(dir.path().join("abc_1.2-x.json")).unwrap();

@@ -5,7 +5,7 @@
 //! read-only mount, enforces isolation, records the container, then enters the container's
 //! mount namespace to create missing device nodes (hook-only mode) and attach the mounts
 //! inside the rootfs. Any failure undoes the grant and the record and fails the container.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::State;
 
@@ -16,9 +16,10 @@ use crate::{
     node::cgroup::{CgroupError, Layout},
     node::config::Config,
     node::devices::{self, ContainerDevice, DeviceError, HostDevices},
+    node::rules,
     node::state::{self, Record},
     start::mounts::{self, MountApi, MountError},
-    start::request::{Request, Selection},
+    start::names::{Names, Treatment},
     start::shim,
     start::spec::Spec,
 };
@@ -64,30 +65,38 @@ pub fn create_runtime(config: &Config, view: HostView, state: &State) -> Result<
         .ok_or_else(|| Error::BadState("no container pid".into()))? as u32;
     let bundle = state.bundle();
     let spec = Spec::read(bundle)?;
-    let Some(request) = Request::from_env(&spec.env()?)? else {
-        return Ok(());
-    };
     let host = view.devices?;
-    let indices = match &request.devices {
-        Selection::All => None,
-        Selection::Indices(i) => Some(i.as_slice()),
+    let names = Names::of(&spec, &host.classes())?;
+    let treatment = names.treatment(config.confine_unnamed);
+    if treatment == Treatment::PassThrough {
+        return Ok(());
+    }
+    let devices = match &names.request {
+        Some(r) => host.select(r.devices.indices(), r.virtual_devices, &config.dev_root)?,
+        None => Vec::new(),
     };
-    let devices = host.select(indices, request.virtual_devices, &config.dev_root)?;
-    let grants = devices::grants(&devices);
+    let requested = devices::grants(&devices);
 
     let layout = view.layout?;
     // On cgroup v2 only the runtime's own filter can grant; without the spec edit the
     // container could never open its NPUs, so say how to fix it instead of starting it.
+    // (Exact device entries are granted by their own rules already.)
     if matches!(layout, Layout::Unified { .. })
-        && let Some(missing) = grants.iter().find(|g| !spec.allows(g))
+        && let Some(missing) = requested.iter().find(|g| !spec.allows(g))
     {
         return Err(Error::NotGrantedOnV2 { grant: *missing });
     }
+    let grants = rules::merge(
+        requested
+            .into_iter()
+            .chain(names.exact.iter().copied())
+            .collect(),
+    );
     let cgroups = layout.container_cgroups(pid)?;
 
     let mount_api = view.mount_api;
     let mut prepared = Vec::new();
-    if !request.no_driver {
+    if let Some(request) = names.request.as_ref().filter(|r| !r.no_driver) {
         let paths = mounts::read_lists(
             &config.mount_list_dir,
             &request.mount_lists,
@@ -104,13 +113,25 @@ pub fn create_runtime(config: &Config, view: HostView, state: &State) -> Result<
 
     let record_mounts = prepared.len();
     let enforced = isolation::enforce_cgroups(config, &cgroups, &host, &grants, view.guard)?;
+    // The container paths of what it got: the request's devices, then its exact entries.
+    let mut paths: Vec<PathBuf> = devices.iter().map(|d| d.container_path.clone()).collect();
+    for d in spec.devices() {
+        let named = names
+            .exact
+            .iter()
+            .any(|g| (g.dev_type, g.major, g.minor) == (d.dev_type, d.major, d.minor));
+        if named && !paths.contains(&d.path) {
+            paths.push(d.path);
+        }
+    }
     let record = Record {
         id: state.id().to_string(),
         bundle: bundle.clone(),
-        devices: devices.iter().map(|d| d.container_path.clone()).collect(),
+        devices: paths,
         grants: grants.clone(),
         enforced,
         revoked: Vec::new(),
+        confined: treatment == Treatment::Confine,
     };
     let result = state::write(&config.state_dir, &record)
         .map_err(Error::from)
@@ -121,6 +142,9 @@ pub fn create_runtime(config: &Config, view: HostView, state: &State) -> Result<
                 .iter()
                 .filter(|d| !in_spec.iter().any(|p| d.container_path == Path::new(p)))
                 .collect();
+            if missing.is_empty() && prepared.is_empty() {
+                return Ok(());
+            }
             mounts::in_mount_namespace(pid, || inside_container(&rootfs, &missing, prepared))??;
             Ok(())
         });
@@ -133,6 +157,7 @@ pub fn create_runtime(config: &Config, view: HostView, state: &State) -> Result<
     tracing::info!(
         id = state.id(),
         devices = ?record.devices,
+        confined = record.confined,
         mounts = record_mounts,
         ?mount_api,
         "NPU container prepared"
@@ -173,9 +198,8 @@ pub fn poststop(config: &Config, state: &State) -> Result<(), Error> {
 /// Podman's precreate stage: the shim's spec edit on a spec read from stdin.
 pub fn precreate(config: &Config, input: &[u8]) -> Result<Vec<u8>, Error> {
     let mut spec = Spec::parse(input, "<stdin>".into())?;
-    let Some(request) = Request::from_env(&spec.env()?)? else {
+    if shim::edit(config, &mut spec)? == Treatment::PassThrough {
         return Ok(input.to_vec());
-    };
-    shim::edit_spec(config, &mut spec, &request, &shim::hook_command()?)?;
+    }
     Ok(serde_json::to_vec(&spec.value).expect("a JSON value serializes"))
 }

@@ -3,6 +3,7 @@
 pub mod args;
 pub mod hook;
 pub mod mounts;
+pub mod names;
 pub mod request;
 pub mod shim;
 pub mod spec;

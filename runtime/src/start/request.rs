@@ -1,8 +1,9 @@
 //! What a container asks for, from its environment (Ascend ecosystem variables).
 //!
-//! - `ASCEND_VISIBLE_DEVICES`: unset, `""` or `void`: not an NPU container; `all`; a comma list
-//!   of indices and inclusive ranges (`0-3,5`); or the named form (`npu-1`, `Ascend910-1`),
-//!   not mixed. Sorted and de-duplicated.
+//! - `ASCEND_VISIBLE_DEVICES`: unset, `""` or `void`: names no NPU; `none`: no chip, but the
+//!   management nodes and driver mounts; `all`; a comma list of indices and inclusive ranges
+//!   (`0-3,5`); or the named form (`npu-1`, `Ascend910-1`), not mixed. Sorted and
+//!   de-duplicated.
 //! - `ASCEND_RUNTIME_OPTIONS`: comma list of `NODRV`, `VIRTUAL`.
 //! - `ASCEND_RUNTIME_MOUNTS`: comma list of mount-list names (default `base`).
 //! - `ASCEND_ALLOW_LINK`: `True` allows symlinked mount sources.
@@ -33,9 +34,22 @@ pub struct RequestError {
 /// Which NPUs a container asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selection {
+    /// `none`: no chip, only the management nodes and the driver mounts (node agents).
+    None,
     All,
     /// Sorted, without duplicates, never empty.
     Indices(Vec<u32>),
+}
+
+impl Selection {
+    /// The chip indices asked for, as `HostDevices::select` takes them: `None` for every chip.
+    pub fn indices(&self) -> Option<&[u32]> {
+        match self {
+            Self::None => Some(&[]),
+            Self::All => None,
+            Self::Indices(i) => Some(i),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +85,8 @@ impl Request {
             (None | Some("") | Some("void"), false) => Selection::Indices(cdi),
             (Some(value), _) => match parse_devices(value)? {
                 Selection::All => Selection::All,
+                Selection::None if cdi.is_empty() => Selection::None,
+                Selection::None => Selection::Indices(cdi),
                 Selection::Indices(mut v) => {
                     v.extend(cdi);
                     v.sort_unstable();
@@ -193,8 +209,10 @@ fn parse_named(item: &str) -> Option<(&str, u32)> {
 
 fn parse_devices(value: &str) -> Result<Selection, RequestError> {
     let fail = |reason: String| Err(error(VISIBLE_DEVICES, value, reason));
-    if value == "all" {
-        return Ok(Selection::All);
+    match value {
+        "all" => return Ok(Selection::All),
+        "none" => return Ok(Selection::None),
+        _ => {}
     }
     let mut indices = Vec::new();
     let mut named: Option<&str> = None;
@@ -203,6 +221,9 @@ fn parse_devices(value: &str) -> Result<Selection, RequestError> {
         let item = raw.trim();
         if item.is_empty() {
             return fail("empty item in the list".into());
+        }
+        if item == "none" || item == "all" {
+            return fail(format!("{item:?} cannot be combined with other items"));
         }
         if let Some(i) = parse_index(item) {
             numeric = true;
@@ -253,7 +274,7 @@ mod tests {
     fn indices(value: &str) -> Vec<u32> {
         match devices(value).unwrap() {
             Selection::Indices(i) => i,
-            Selection::All => panic!("all"),
+            other => panic!("{other:?}"),
         }
     }
 
@@ -271,6 +292,7 @@ mod tests {
     #[test]
     fn lists_ranges_and_named_forms() {
         assert_eq!(devices("all").unwrap(), Selection::All);
+        assert_eq!(devices("none").unwrap(), Selection::None);
         assert_eq!(indices("3"), [3]);
         assert_eq!(indices("0-3,5"), [0, 1, 2, 3, 5]);
         assert_eq!(indices("5,1,3,1,2-3"), [1, 2, 3, 5]);
@@ -294,6 +316,9 @@ mod tests {
             ("4294967296", "\"4294967296\""),
             ("99999999999999999999", "\"99999999999999999999\""),
             ("1,npu-2", "mixed"),
+            ("none,1", "cannot be combined"),
+            ("1,none", "cannot be combined"),
+            ("all,1", "cannot be combined"),
             ("npu-2,1", "mixed"),
             ("npu-1,Ascend910-2", "another chip"),
             ("Ascend-1", "\"Ascend-1\""),

@@ -7,8 +7,10 @@ use crate::{
     error::Error,
     node::config::{self, Config},
     node::devices::HostDevices,
+    node::rules::{Access, RuleEntry},
     node::state,
-    start::request::{Request, Selection},
+    start::names::{Names, Treatment},
+    start::request::Request,
     start::spec::{Edit, HookCommand, Spec},
 };
 
@@ -94,10 +96,7 @@ pub fn edit_spec(
     hook: &HookCommand,
 ) -> Result<(), Error> {
     let host = HostDevices::discover(config)?;
-    let indices = match &request.devices {
-        Selection::All => None,
-        Selection::Indices(i) => Some(i.as_slice()),
-    };
+    let indices = request.devices.indices();
     let devices = host.select(indices, request.virtual_devices, &config.dev_root)?;
     // Refuse unknown or malformed mount lists now, before the runtime creates anything (the
     // hook reads them again when it mounts).
@@ -116,28 +115,50 @@ pub fn edit_spec(
     Ok(())
 }
 
-/// The `create`/`run` step: edit `bundle/config.json` in place (atomically) when the
-/// container asks for NPUs. A container without a request is not rewritten at all.
-pub fn prepare_bundle(config: &Config, bundle: &Path) -> Result<bool, Error> {
-    let (path, bytes) = Spec::read_bytes(bundle)?;
-    // Most containers on a host are not NPU containers: without a request variable's name
-    // anywhere in the file there is no request, and no need to parse it.
-    if !contains(&bytes, crate::start::request::VISIBLE_DEVICES.as_bytes())
-        && !contains(&bytes, crate::start::request::CDI_NPU_PREFIX.as_bytes())
-    {
-        return Ok(false);
-    }
-    let mut spec = Spec::parse(&bytes, path)?;
-    let Some(request) = Request::from_env(&spec.env()?)? else {
-        return Ok(false);
+/// Decides what a container gets (module `names`) and edits its spec for it, in memory:
+/// a request's devices, rules, hooks and env; for exact device entries alone or a confined
+/// container, only the hooks. A container left alone is not touched.
+pub fn edit(config: &Config, spec: &mut Spec) -> Result<Treatment, Error> {
+    // A spec that allows nothing beyond mknod and lists no device cannot touch an NPU: no
+    // need to look at the host's devices.
+    let rules = spec.device_rules()?;
+    let opens = |e: &RuleEntry| {
+        e.allow && (e.rule.access.contains(Access::READ) || e.rule.access.contains(Access::WRITE))
     };
-    edit_spec(config, &mut spec, &request, &hook_command()?)?;
-    spec.write_atomic()?;
-    Ok(true)
+    let env = spec.env()?;
+    let asks = env.iter().any(|e| {
+        e.starts_with(crate::start::request::VISIBLE_DEVICES)
+            || e.starts_with(crate::start::request::CDI_NPU_PREFIX)
+    });
+    if !asks && !rules.iter().any(opens) && spec.devices().is_empty() {
+        return Ok(Treatment::PassThrough);
+    }
+    let names = Names::of(spec, &HostDevices::npu_classes(config)?)?;
+    let treatment = names.treatment(config.confine_unnamed);
+    match (treatment, &names.request) {
+        (Treatment::PassThrough, _) => {}
+        (Treatment::Grant, Some(request)) => edit_spec(config, spec, request, &hook_command()?)?,
+        // Named by exact entries only, or confined: the runtime already has the devices and
+        // rules it needs; the hook registers the container.
+        _ => spec.apply(&Edit {
+            devices: &[],
+            hook: &hook_command()?,
+            env: Vec::new(),
+        })?,
+    }
+    Ok(treatment)
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+/// The `create`/`run` step: edit `bundle/config.json` in place (atomically) as [`edit`]
+/// decides. A container left alone is not rewritten at all (its spec stays byte-identical).
+pub fn prepare_bundle(config: &Config, bundle: &Path) -> Result<Treatment, Error> {
+    let (path, bytes) = Spec::read_bytes(bundle)?;
+    let mut spec = Spec::parse(&bytes, path)?;
+    let treatment = edit(config, &mut spec)?;
+    if treatment != Treatment::PassThrough {
+        spec.write_atomic()?;
+    }
+    Ok(treatment)
 }
 
 /// After `update`: make sure the container's isolation is still in place (re-attach the guard,

@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 
 use crate::node::{
     devices::ContainerDevice,
-    rules::{Access, DevType, Grant},
+    rules::{Access, DevType, Grant, Rule, RuleEntry, RuleType, effective},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -130,26 +130,90 @@ impl Spec {
             .unwrap_or_default()
     }
 
-    /// Whether `linux.resources.devices` gives `grant` all its access, evaluating the rules
-    /// the way runc does: for each access bit, the last rule that mentions it decides, and
-    /// nothing is allowed by default.
-    pub fn allows(&self, grant: &Grant) -> bool {
-        let rules = self
+    /// `linux.resources.devices` as rules, in order. A rule runc would reject (an unknown
+    /// type, access letters other than `rwm`) is an error naming it.
+    pub fn device_rules(&self) -> Result<Vec<RuleEntry>, SpecError> {
+        let Some(items) = self
             .value
             .pointer("/linux/resources/devices")
-            .and_then(Value::as_array)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        [Access::READ, Access::WRITE, Access::MKNOD]
-            .into_iter()
-            .filter(|bit| grant.access.contains(*bit))
-            .all(|bit| {
-                rules
-                    .iter()
-                    .rev()
-                    .find(|r| rule_matches(r, grant, bit))
-                    .is_some_and(|r| r.get("allow").and_then(Value::as_bool) == Some(true))
+            .filter(|v| !v.is_null())
+        else {
+            return Ok(Vec::new());
+        };
+        let items = items
+            .as_array()
+            .ok_or_else(|| self.invalid("linux.resources.devices is not an array"))?;
+        items
+            .iter()
+            .map(|item| {
+                let bad = || self.invalid(format!("invalid device rule {item}"));
+                let rule_type = match item.get("type").and_then(Value::as_str) {
+                    None | Some("a") => RuleType::All,
+                    Some("c") | Some("u") => RuleType::Dev(DevType::Char),
+                    Some("b") => RuleType::Dev(DevType::Block),
+                    Some(_) => return Err(bad()),
+                };
+                // Absent, null or -1: every number.
+                let number = |key: &str| match item.get(key) {
+                    None | Some(Value::Null) => Ok(None),
+                    Some(v) if v.as_i64() == Some(-1) => Ok(None),
+                    Some(v) => v
+                        .as_u64()
+                        .and_then(|n| u32::try_from(n).ok())
+                        .map(Some)
+                        .ok_or_else(bad),
+                };
+                // An absent access means "rwm" in runc.
+                let access = match item.get("access").and_then(Value::as_str) {
+                    None => Access::ALL,
+                    Some(a) => Access::parse(a).map_err(|_| bad())?,
+                };
+                Ok(RuleEntry {
+                    allow: item.get("allow").and_then(Value::as_bool) == Some(true),
+                    rule: Rule {
+                        rule_type,
+                        major: number("major")?,
+                        minor: number("minor")?,
+                        access,
+                    },
+                })
             })
+            .collect()
+    }
+
+    /// The device nodes of `linux.devices` (char and block; FIFOs name no device).
+    pub fn devices(&self) -> Vec<SpecDevice> {
+        self.value
+            .pointer("/linux/devices")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|d| {
+                        let dev_type = match d.get("type").and_then(Value::as_str)? {
+                            "c" | "u" => DevType::Char,
+                            "b" => DevType::Block,
+                            _ => return None,
+                        };
+                        let num = |key: &str| d.get(key)?.as_u64().and_then(|n| n.try_into().ok());
+                        Some(SpecDevice {
+                            path: d.get("path")?.as_str()?.into(),
+                            dev_type,
+                            major: num("major")?,
+                            minor: num("minor")?,
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Whether `linux.resources.devices` gives `grant` all its access, evaluating the rules
+    /// the way runc does (see [`effective`]). Rules runc would reject allow nothing.
+    pub fn allows(&self, grant: &Grant) -> bool {
+        let rules = self.device_rules().unwrap_or_default();
+        effective(&rules, grant.dev_type, grant.major, grant.minor)
+            .allowed
+            .contains(grant.access)
     }
 
     /// Applies our edit. Idempotent: a second application changes nothing.
@@ -272,6 +336,16 @@ impl Spec {
     }
 }
 
+/// A device node of `linux.devices`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecDevice {
+    /// Path inside the container.
+    pub path: PathBuf,
+    pub dev_type: DevType,
+    pub major: u32,
+    pub minor: u32,
+}
+
 /// What the shim (or the precreate hook) adds to an NPU container's spec.
 pub struct Edit<'a> {
     pub devices: &'a [ContainerDevice],
@@ -333,26 +407,6 @@ fn same_hook(existing: &Value, ours: &Value) -> bool {
             .map(String::from)
     };
     name(existing) == name(ours) && stage(existing) == stage(ours)
-}
-
-fn rule_matches(rule: &Value, grant: &Grant, bit: Access) -> bool {
-    let type_ok = match rule.get("type").and_then(Value::as_str) {
-        None | Some("a") => true,
-        Some(t) => t == grant.dev_type.letter().to_string(),
-    };
-    let num_ok = |key: &str, want: u32| match rule.get(key) {
-        None | Some(Value::Null) => true,
-        Some(v) => v.as_i64() == Some(i64::from(want)) || v.as_i64() == Some(-1),
-    };
-    // An absent access means "rwm" in runc.
-    let access = rule
-        .get("access")
-        .and_then(Value::as_str)
-        .map_or(Ok(Access::ALL), Access::parse);
-    type_ok
-        && num_ok("major", grant.major)
-        && num_ok("minor", grant.minor)
-        && access.is_ok_and(|a| a.contains(bit))
 }
 
 #[cfg(test)]

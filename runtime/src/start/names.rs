@@ -1,0 +1,223 @@
+//! What a container names, and what it could reach without naming it (DESIGN.md section 2,
+//! "What a container gets").
+//!
+//! A container gets the NPU-class nodes it names and no others. It names them by the request
+//! variables, or by an exact device entry: a node in `linux.devices` whose own exact rule
+//! (`c M:m` with r or w) in `linux.resources.devices` decides its access - what `docker run
+//! --device` and a device plugin's `DeviceSpec`s produce. A broad rule (allow-all, `a`,
+//! `c *:*`, `c M:*`) names nothing, and neither does a node listed without its own rule
+//! (privileged containers get every host node listed). A container that names nothing but
+//! whose spec could reach an NPU class is confined: it gets the hook and no grant.
+use std::collections::BTreeSet;
+
+use crate::{
+    node::rules::{Access, DeviceClass, Grant, RuleEntry, effective},
+    start::{
+        request::{Request, RequestError},
+        spec::{Spec, SpecError},
+    },
+};
+
+/// What a container names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    /// The request variables, if the container set any.
+    pub request: Option<Request>,
+    /// NPU-class nodes named by exact device entries, each with the access its rules give.
+    pub exact: Vec<Grant>,
+    /// Whether the spec could reach an NPU-class node: a rule allowing read or write on one of
+    /// its classes, or such a node in `linux.devices`.
+    pub reaches: bool,
+}
+
+/// What the runtime does with a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Treatment {
+    /// Names nothing and reaches no NPU class (or confinement is off): left alone.
+    PassThrough,
+    /// Names nothing but could reach an NPU class: the hook, no grant.
+    Confine,
+    /// Names NPU-class nodes: they are granted, every other one is denied.
+    Grant,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NamesError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Request(#[from] RequestError),
+}
+
+impl Names {
+    /// Reads the names from `spec`; `classes` are the host's NPU classes.
+    pub fn of(spec: &Spec, classes: &BTreeSet<DeviceClass>) -> Result<Self, NamesError> {
+        let request = Request::from_env(&spec.env()?)?;
+        let rules = spec.device_rules()?;
+        let devices = spec.devices();
+        let mut exact: Vec<Grant> = devices
+            .iter()
+            .filter(|d| {
+                classes.contains(&DeviceClass {
+                    dev_type: d.dev_type,
+                    major: d.major,
+                })
+            })
+            .filter_map(|d| {
+                let e = effective(&rules, d.dev_type, d.major, d.minor);
+                let named = e.exact.contains(Access::READ) || e.exact.contains(Access::WRITE);
+                named.then_some(Grant {
+                    dev_type: d.dev_type,
+                    major: d.major,
+                    minor: d.minor,
+                    access: e.exact,
+                })
+            })
+            .collect();
+        exact.sort();
+        exact.dedup();
+        let listed = devices.iter().any(|d| {
+            classes.contains(&DeviceClass {
+                dev_type: d.dev_type,
+                major: d.major,
+            })
+        });
+        Ok(Self {
+            request,
+            exact,
+            reaches: listed || reaches_a_class(&rules, classes),
+        })
+    }
+
+    pub fn treatment(&self, confine_unnamed: bool) -> Treatment {
+        if self.request.is_some() || !self.exact.is_empty() {
+            Treatment::Grant
+        } else if self.reaches && confine_unnamed {
+            Treatment::Confine
+        } else {
+            Treatment::PassThrough
+        }
+    }
+}
+
+/// Whether an allow rule gives read or write on some node of one of `classes`. Later denials
+/// are not weighed: confining a container that could not have opened an NPU anyway costs it
+/// nothing.
+pub fn reaches_a_class(rules: &[RuleEntry], classes: &BTreeSet<DeviceClass>) -> bool {
+    rules.iter().any(|e| {
+        e.allow
+            && (e.rule.access.contains(Access::READ) || e.rule.access.contains(Access::WRITE))
+            && classes.iter().any(|c| e.rule.touches(*c))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::rules::DevType;
+
+    fn classes() -> BTreeSet<DeviceClass> {
+        [240, 241]
+            .map(|major| DeviceClass {
+                dev_type: DevType::Char,
+                major,
+            })
+            .into()
+    }
+
+    fn names(env: &str, devices: &str, rules: &str) -> Names {
+        let text = format!(
+            r#"{{"process": {{"env": [{env}]}}, "linux": {{"devices": [{devices}],
+               "resources": {{"devices": [{rules}]}}}}}}"#
+        );
+        let spec = Spec::parse(text.as_bytes(), "config.json".into()).unwrap();
+        Names::of(&spec, &classes()).unwrap()
+    }
+
+    const DAVINCI3: &str = r#"{"path": "/dev/davinci3", "type": "c", "major": 240, "minor": 3}"#;
+    const DENY_ALL: &str = r#"{"allow": false, "access": "rwm"}"#;
+    const MKNOD_ALL: &str = r#"{"allow": true, "type": "c", "access": "m"}"#;
+
+    #[test]
+    fn plain_containers_pass_through() {
+        // Docker's defaults: deny all, mknod anything, a few exact rules off the NPU classes.
+        let n = names(
+            r#""PATH=/bin""#,
+            r#"{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229}"#,
+            &format!(
+                r#"{DENY_ALL}, {MKNOD_ALL}, {{"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"}},
+                   {{"allow": true, "type": "c", "major": 136, "access": "rwm"}}"#
+            ),
+        );
+        assert_eq!(n.treatment(true), Treatment::PassThrough, "{n:?}");
+    }
+
+    #[test]
+    fn broad_rules_and_listed_nodes_name_nothing_and_are_confined() {
+        for (what, devices, rules) in [
+            ("allow-all", "", r#"{"allow": true, "access": "rwm"}"#.to_string()),
+            ("a *:*", "", r#"{"allow": true, "type": "a", "major": -1, "minor": -1, "access": "rw"}"#.into()),
+            ("c 240:*", "", format!(r#"{DENY_ALL}, {{"allow": true, "type": "c", "major": 240, "access": "rwm"}}"#)),
+            ("privileged: every node listed, allow-all", DAVINCI3, r#"{"allow": true, "access": "rwm"}"#.into()),
+            ("a listed node without its rule", DAVINCI3, DENY_ALL.into()),
+            ("an exact rule after allow-all, without its node", "", r#"{"allow": true, "access": "rwm"}, {"allow": true, "type": "c", "major": 240, "minor": 3, "access": "rw"}"#.into()),
+        ] {
+            let n = names(r#""PATH=/bin""#, devices, &rules);
+            assert!(n.exact.is_empty(), "{what}: {n:?}");
+            assert_eq!(n.treatment(true), Treatment::Confine, "{what}");
+            assert_eq!(n.treatment(false), Treatment::PassThrough, "{what}");
+        }
+    }
+
+    #[test]
+    fn exact_entries_name_their_nodes() {
+        // docker run --device /dev/davinci3, alone and next to allow-all (privileged-like).
+        let exact =
+            format!(r#"{{"allow": true, "type": "c", "major": 240, "minor": 3, "access": "rwm"}}"#);
+        for rules in [
+            format!("{DENY_ALL}, {MKNOD_ALL}, {exact}"),
+            format!(r#"{{"allow": true, "access": "rwm"}}, {exact}"#),
+        ] {
+            let n = names(r#""PATH=/bin""#, DAVINCI3, &rules);
+            assert_eq!(n.treatment(true), Treatment::Grant);
+            assert_eq!(
+                n.exact.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                ["c 240:3 rwm"]
+            );
+        }
+        // A device plugin's read-write entry keeps its access; a later deny of w narrows it.
+        let rw = r#"{"allow": true, "type": "c", "major": 240, "minor": 3, "access": "rw"}"#;
+        let n = names(r#""PATH=/bin""#, DAVINCI3, &format!("{DENY_ALL}, {rw}"));
+        assert_eq!(n.exact[0].access.to_string(), "rw");
+        let n = names(
+            r#""PATH=/bin""#,
+            DAVINCI3,
+            &format!(
+                r#"{DENY_ALL}, {rw}, {{"allow": false, "type": "c", "major": 240, "minor": 3, "access": "w"}}"#
+            ),
+        );
+        assert_eq!(n.exact[0].access.to_string(), "r");
+        // mknod only names nothing.
+        let m = r#"{"allow": true, "type": "c", "major": 240, "minor": 3, "access": "m"}"#;
+        let n = names(r#""PATH=/bin""#, DAVINCI3, &format!("{DENY_ALL}, {m}"));
+        assert!(n.exact.is_empty());
+        // A request adds to them.
+        let n = names(
+            r#""ASCEND_VISIBLE_DEVICES=1""#,
+            DAVINCI3,
+            &format!("{DENY_ALL}, {exact}"),
+        );
+        assert!(n.request.is_some() && n.exact.len() == 1);
+    }
+
+    #[test]
+    fn bad_rules_are_errors() {
+        let text = r#"{"linux": {"resources": {"devices": [{"allow": true, "type": "x"}]}}}"#;
+        let spec = Spec::parse(text.as_bytes(), "/b/config.json".into()).unwrap();
+        let e = Names::of(&spec, &classes()).unwrap_err().to_string();
+        assert!(
+            e.contains("/b/config.json") && e.contains("invalid device rule"),
+            "{e}"
+        );
+    }
+}
