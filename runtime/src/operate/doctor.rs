@@ -210,6 +210,22 @@ pub fn run(config: &Config, runtime_path: &Path) -> Vec<Check> {
     } else {
         check("bpffs", Verdict::Warn, "not mounted at /sys/fs/bpf".into(), "nothing to do: the hook mounts it for the first NPU container (or: mount -t bpf bpf /sys/fs/bpf)")
     });
+    out.push(if config.confine_unnamed {
+        check(
+            "confinement",
+            Verdict::Ok,
+            "containers that name no NPU but could reach one are confined to none".into(),
+            "",
+        )
+    } else {
+        check(
+            "confinement",
+            Verdict::Warn,
+            "confine_unnamed = false: a privileged container that names no NPU opens every NPU"
+                .into(),
+            "set confine_unnamed = true in the config (the default)",
+        )
+    });
     out.push(guard_check(config, layout.as_ref().ok()));
     out.push(mounts_check());
     match HostDevices::discover(config) {
