@@ -172,8 +172,7 @@ mod tests {
     #[test]
     fn exact_entries_name_their_nodes() {
         // docker run --device /dev/davinci3, alone and next to allow-all (privileged-like).
-        let exact =
-            format!(r#"{{"allow": true, "type": "c", "major": 240, "minor": 3, "access": "rwm"}}"#);
+        let exact = r#"{"allow": true, "type": "c", "major": 240, "minor": 3, "access": "rwm"}"#;
         for rules in [
             format!("{DENY_ALL}, {MKNOD_ALL}, {exact}"),
             format!(r#"{{"allow": true, "access": "rwm"}}, {exact}"#),
