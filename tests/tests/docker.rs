@@ -110,6 +110,69 @@ fn docker_run_gets_exactly_its_npus() {
     });
 }
 
+/// What a container names is what it gets, through `docker run --runtime=npu`: a
+/// privileged-like container without a request gets no NPU, `--device` names exactly its node
+/// and adds to a request, `none` gives the management nodes and the driver mounts.
+#[test]
+fn docker_containers_get_what_they_name() {
+    each_mode(|place, mode| {
+        let host = FakeHost::new(4);
+        let d = Dockerd::start(place, &host);
+        let script = format!(
+            "{}; ls /dev; cat /usr/local/Ascend/driver/version.info",
+            matrix_script(host.chip_major, host.chips)
+        );
+        let device = |i: u32| format!("--device={}:/dev/davinci{i}", host.chip(i).display());
+        let privileged = [
+            "--device-cgroup-rule=a *:* rwm",
+            "--cap-add=ALL",
+            "--cap-drop=SYS_RESOURCE",
+            "--security-opt=seccomp=unconfined",
+        ];
+        let (d2, d3) = (device(2), device(3));
+        // (case, docker run flags, NPUs it gets, whether it asked with the variable)
+        let cases: [(&str, Vec<&str>, &[u32], bool); 4] = [
+            (
+                "privileged-like, no request",
+                privileged.to_vec(),
+                &[],
+                false,
+            ),
+            ("--device of NPU 2", vec![d2.as_str()], &[2], false),
+            (
+                "privileged-like, request 1, --device of NPU 3",
+                [
+                    &privileged[..],
+                    &["-e", "ASCEND_VISIBLE_DEVICES=1", d3.as_str()],
+                ]
+                .concat(),
+                &[1, 3],
+                true,
+            ),
+            ("none", vec!["-e", "ASCEND_VISIBLE_DEVICES=none"], &[], true),
+        ];
+        for (what, extra, granted, requested) in cases {
+            let mut args = vec!["run", "--rm", "--runtime=npu"];
+            args.extend(extra);
+            args.extend([d.image.as_str(), "sh", "-c", &script]);
+            let (_, out) = d.output(&args);
+            assert_eq!(
+                parse_matrix(&out, host.chips),
+                npu_tests::runc::expect_only(granted, host.chips),
+                "{mode}, {what}:\n{out}\n{}",
+                std::fs::read_to_string(host.dir.path().join("runtime.log")).unwrap_or_default()
+            );
+            // Driver mounts and management nodes come with a request, `none` included.
+            assert_eq!(
+                out.contains("Version=24.1.0") && out.contains("davinci_manager"),
+                requested,
+                "{mode}, {what}:\n{out}"
+            );
+        }
+        assert!(host.records().is_empty(), "{mode}: {:?}", host.records());
+    });
+}
+
 #[test]
 fn docker_update_restart_and_rm() {
     each_mode(|place, mode| {

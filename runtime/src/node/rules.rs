@@ -298,7 +298,8 @@ pub struct RuleEntry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Effective {
     pub allowed: Access,
-    /// The allowed bits whose deciding rule names exactly this node (not a broad rule).
+    /// The allowed bits an allow rule naming exactly this node gave, not denied since (a broad
+    /// allow after it changes nothing).
     pub exact: Access,
 }
 
@@ -307,16 +308,18 @@ pub struct Effective {
 /// allowed by default.
 pub fn effective(rules: &[RuleEntry], dev_type: DevType, major: u32, minor: u32) -> Effective {
     let mut out = Effective::default();
-    for bit in [Access::READ, Access::WRITE, Access::MKNOD] {
-        let last = rules
-            .iter()
-            .rev()
-            .find(|e| e.rule.access.contains(bit) && e.rule.matches(dev_type, major, minor));
-        if let Some(e) = last.filter(|e| e.allow) {
-            out.allowed = out.allowed.union(bit);
+    for e in rules
+        .iter()
+        .filter(|e| e.rule.matches(dev_type, major, minor))
+    {
+        if e.allow {
+            out.allowed = out.allowed.union(e.rule.access);
             if e.rule.is_exact() {
-                out.exact = out.exact.union(bit);
+                out.exact = out.exact.union(e.rule.access);
             }
+        } else {
+            out.allowed = out.allowed.minus(e.rule.access);
+            out.exact = out.exact.minus(e.rule.access);
         }
     }
     out
@@ -386,12 +389,20 @@ mod tests {
         let all = [rule(true, "a *:* rwm")];
         assert_eq!(effective(&all, c, 240, 1).allowed, Access::ALL);
         assert_eq!(effective(&all, c, 240, 1).exact, Access::NONE);
-        // An exact rule after allow-all names the node; allow-all after it is broad again.
+        // An exact rule names the node whether a broad allow comes before or after it; a deny
+        // after it takes its bits back.
         let named = [rule(true, "a *:* rwm"), rule(true, "c 240:1 rw")];
         let e = effective(&named, c, 240, 1);
         assert_eq!((e.allowed, e.exact.to_string()), (Access::ALL, "rw".into()));
-        let broad_last = [rule(true, "c 240:1 rwm"), rule(true, "a *:* rwm")];
-        assert_eq!(effective(&broad_last, c, 240, 1).exact, Access::NONE);
+        let broad_last = [rule(true, "c 240:1 rw"), rule(true, "a *:* rwm")];
+        assert_eq!(effective(&broad_last, c, 240, 1).exact.to_string(), "rw");
+        let revoked = [
+            rule(true, "c 240:1 rw"),
+            rule(false, "c *:* w"),
+            rule(true, "a *:* rwm"),
+        ];
+        let e = effective(&revoked, c, 240, 1);
+        assert_eq!((e.allowed, e.exact.to_string()), (Access::ALL, "r".into()));
         // A later deny takes a bit away; other nodes and types are untouched.
         let denied = [rule(true, "c 240:1 rwm"), rule(false, "c 240:* w")];
         assert_eq!(effective(&denied, c, 240, 1).allowed.to_string(), "rm");

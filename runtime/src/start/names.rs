@@ -161,6 +161,7 @@ mod tests {
             ("privileged: every node listed, allow-all", DAVINCI3, r#"{"allow": true, "access": "rwm"}"#.into()),
             ("a listed node without its rule", DAVINCI3, DENY_ALL.into()),
             ("an exact rule after allow-all, without its node", "", r#"{"allow": true, "access": "rwm"}, {"allow": true, "type": "c", "major": 240, "minor": 3, "access": "rw"}"#.into()),
+            ("an exact rule denied again", DAVINCI3, format!(r#"{{"allow": true, "type": "c", "major": 240, "minor": 3, "access": "rw"}}, {{"allow": false, "type": "c", "major": 240, "access": "rwm"}}, {{"allow": true, "access": "rwm"}}"#)),
         ] {
             let n = names(r#""PATH=/bin""#, devices, &rules);
             assert!(n.exact.is_empty(), "{what}: {n:?}");
@@ -171,11 +172,13 @@ mod tests {
 
     #[test]
     fn exact_entries_name_their_nodes() {
-        // docker run --device /dev/davinci3, alone and next to allow-all (privileged-like).
+        // docker run --device /dev/davinci3, alone and next to allow-all (privileged-like),
+        // before or after it.
         let exact = r#"{"allow": true, "type": "c", "major": 240, "minor": 3, "access": "rwm"}"#;
         for rules in [
             format!("{DENY_ALL}, {MKNOD_ALL}, {exact}"),
             format!(r#"{{"allow": true, "access": "rwm"}}, {exact}"#),
+            format!(r#"{exact}, {{"allow": true, "access": "rwm"}}"#),
         ] {
             let n = names(r#""PATH=/bin""#, DAVINCI3, &rules);
             assert_eq!(n.treatment(true), Treatment::Grant);
