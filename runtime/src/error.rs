@@ -58,6 +58,19 @@ pub enum Error {
     NotGranted { id: String, npu: u32 },
     #[error("{0} check(s) failed")]
     ChecksFailed(usize),
+    #[error(
+        "this host has no cgroup v2 tree: the node guard needs one (on pure cgroup v1 hosts the \
+         shim's confinement is the protection)"
+    )]
+    NoUnifiedTree,
+    #[error(
+        "none of the guarded_parents exists here ({}): start the engines first, or name a \
+         parent with --cgroup",
+        .0.join(", ")
+    )]
+    NoGuardedParent(Vec<String>),
+    #[error("could not guard: {}", .0.join(", "))]
+    GuardFailed(Vec<String>),
     #[error("cannot {what}: {source}")]
     Stdio {
         what: &'static str,

@@ -21,6 +21,11 @@ pub struct Dockerd {
 impl Dockerd {
     /// Starts dockerd at `place` with the "npu" runtime registered for `host`'s config.
     pub fn start(place: Place<'_>, host: &FakeHost) -> Self {
+        Self::start_with(place, host, &[])
+    }
+
+    /// Like [`Self::start`], with more daemon flags (e.g. `--cgroup-parent=/x`).
+    pub fn start_with(place: Place<'_>, host: &FakeHost, flags: &[&str]) -> Self {
         let dir = host.dir.path().join(unique("docker"));
         std::fs::create_dir_all(&dir).unwrap();
         let wrapper = runtime_wrapper(&dir, host);
@@ -46,6 +51,7 @@ impl Dockerd {
             .arg("-H")
             .arg(format!("unix://{}", socket.display()))
             .args(["--iptables=false", "--ip6tables=false", "--bridge=none"])
+            .args(flags)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -416,6 +422,27 @@ impl<'a> Containerd<'a> {
         cmd.args(["--cap-add", "CAP_MKNOD"]);
         cmd.arg(&self.rootfs).arg(id).args(["/bin/sleep", "600"]);
         let out = cmd.stdin(Stdio::null()).output().expect("ctr run");
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    }
+
+    /// Starts a detached sleeping container with plain runc (no `--runc-binary`: around our
+    /// runtime), given `devices` (`ctr run --device`: each node with its own rule). ctr puts
+    /// it in the cgroup `/default/<id>` (its namespace, then the id).
+    pub fn run_around(&self, id: &str, devices: &[PathBuf]) -> (bool, String) {
+        let mut cmd = self.ctr();
+        cmd.args(["run", "-d", "--rootfs", "--cap-add", "CAP_MKNOD"]);
+        for d in devices {
+            cmd.arg("--device").arg(d);
+        }
+        let out = cmd
+            .arg(&self.rootfs)
+            .arg(id)
+            .args(["/bin/sleep", "600"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("ctr run");
         let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
         text.push_str(&String::from_utf8_lossy(&out.stderr));
         (out.status.success(), text)

@@ -8,7 +8,7 @@ use npu_runtime::{
     operate::{
         cdi, devices, doctor,
         engines::{self, Engine},
-        gc, hooksd, live, monitor, policy,
+        gc, hooksd, live, monitor, node_guard, policy,
     },
     start::shim,
 };
@@ -73,6 +73,12 @@ enum Command {
         /// One JSON object per line instead of text
         #[arg(long)]
         json: bool,
+    },
+    /// The node guard: attach the device guard to container parent cgroups, so containers
+    /// started around the runtime open no NPU
+    Guard {
+        #[command(subcommand)]
+        command: GuardCommand,
     },
     /// Remove grants, records and pins of containers whose cgroup is gone
     Gc {
@@ -154,6 +160,29 @@ enum DeviceCommand {
     Revoke { container: String, npu: u32 },
     /// Give back an NPU the container was originally granted
     Restore { container: String, npu: u32 },
+}
+
+#[derive(Subcommand)]
+enum GuardCommand {
+    /// Attach this build's guard to each parent (replacing older builds' without a window)
+    Install {
+        /// A parent cgroup, relative to the cgroup v2 root (e.g. /kubepods.slice); default:
+        /// the config's guarded_parents that exist
+        #[arg(long = "cgroup", value_name = "PATH")]
+        cgroups: Vec<String>,
+    },
+    /// Detach exactly our guard from each parent
+    Uninstall {
+        /// A parent cgroup; default: every recorded and configured one
+        #[arg(long = "cgroup", value_name = "PATH")]
+        cgroups: Vec<String>,
+    },
+    /// Each guarded or configured parent, the guard version attached, whether it is current
+    Status {
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -326,6 +355,31 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Monitor { json: as_json } => {
             let config = load_config()?;
             monitor::run(&config, as_json, &mut std::io::stdout())?;
+        }
+        Command::Guard { command } => {
+            let config = load_config()?;
+            let reports = match command {
+                GuardCommand::Install { cgroups } => node_guard::install(&config, &cgroups)?,
+                GuardCommand::Uninstall { cgroups } => node_guard::uninstall(&config, &cgroups)?,
+                GuardCommand::Status { json: as_json } => {
+                    let parents = node_guard::status(&config)?;
+                    print(if as_json {
+                        json(&parents)
+                    } else {
+                        node_guard::status_report(&parents)
+                    });
+                    return Ok(());
+                }
+            };
+            print(node_guard::report(&reports));
+            let failed: Vec<String> = reports
+                .iter()
+                .filter(|r| r.failed())
+                .map(|r| r.path.clone())
+                .collect();
+            if !failed.is_empty() {
+                return Err(Error::GuardFailed(failed));
+            }
         }
         Command::Gc { json: as_json } => {
             let report = gc::run(&load_config()?)?;

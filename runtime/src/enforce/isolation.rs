@@ -69,15 +69,7 @@ pub fn enforce_cgroups(
             }
             Err(e) => return Err(e.into()),
         };
-        let classes = host.classes().into_iter().map(|class| {
-            let nodes = host
-                .guarded_nodes
-                .iter()
-                .filter(|n| n.class() == class)
-                .count();
-            (class, nodes as u32)
-        });
-        guard.maps.guard_classes(classes)?;
+        guard_host_classes(&mut guard, host)?;
         guard.maps.register(unified.id, grants)?;
         if let Err(e) = guard.attach(&unified.dir) {
             let _ = guard.maps.unregister(unified.id, grants);
@@ -88,6 +80,19 @@ pub fn enforce_cgroups(
         done.unified_dir = Some(unified.dir.clone());
     }
     enforce_v1_only(config, cgroups, host, grants, done)
+}
+
+/// Marks every NPU class of `host` as guarded in the guard's maps (with its node count).
+pub fn guard_host_classes(guard: &mut Guard, host: &HostDevices) -> Result<(), GuardError> {
+    let classes = host.classes().into_iter().map(|class| {
+        let nodes = host
+            .guarded_nodes
+            .iter()
+            .filter(|n| n.class() == class)
+            .count();
+        (class, nodes as u32)
+    });
+    guard.maps.guard_classes(classes)
 }
 
 /// The v1 part of [`enforce_cgroups`], after the BPF layer (recorded in `done`) if any.

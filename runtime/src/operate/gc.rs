@@ -16,6 +16,7 @@ use crate::{
     node::cgroup::Layout,
     node::config::Config,
     node::state,
+    operate::node_guard,
 };
 
 #[derive(Debug, Default, Serialize)]
@@ -124,13 +125,14 @@ pub fn run(config: &Config) -> Result<Report, Error> {
         Err(GuardError::OpenPin { .. }) => {}
         Err(e) => return Err(e.into()),
     }
-    // Program versions: an older one no live container is attached to is unpinned (safe: the
-    // kernel keeps a program alive while any cgroup has it attached).
-    let in_use: BTreeSet<String> = state::list(&config.state_dir)
+    // Program versions: an older one no live container or guarded parent uses is unpinned
+    // (safe: the kernel keeps a program alive while any cgroup has it attached).
+    let mut in_use: BTreeSet<String> = state::list(&config.state_dir)
         .into_iter()
         .flatten()
         .filter_map(|r| r.enforced.guard_version)
         .collect();
+    in_use.extend(node_guard::versions_in_use(config));
     let current = guard::version();
     let versions = guard::versions(&config.bpf_dir).map_err(|source| Error::Stdio {
         what: "list pinned guard versions",

@@ -7,4 +7,5 @@ pub mod gc;
 pub mod hooksd;
 pub mod live;
 pub mod monitor;
+pub mod node_guard;
 pub mod policy;

@@ -15,6 +15,7 @@ use tokio::{io::unix::AsyncFd, sync::mpsc};
 use crate::{
     enforce::guard,
     error::Error,
+    node::cgroup::{Layout, Mount, container_of, path_of_id},
     node::config::Config,
     node::devices::HostDevices,
     node::rules::{Access, DevType},
@@ -38,12 +39,26 @@ pub struct Denial {
     pub access: String,
     pub pid: u32,
     pub comm: String,
+    /// Whether the container was started through the runtime (registered by our hook); a
+    /// denial of a task no container owns comes from the node guard.
+    pub through_runtime: bool,
+    /// For those: the task's cgroup, and the engine its path names.
+    pub cgroup: Option<String>,
+    pub engine: Option<String>,
 }
 
 impl std::fmt::Display for Denial {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let container = self.container.as_deref().unwrap_or("(none)");
         write!(f, "DENIED container={container} ")?;
+        if !self.through_runtime {
+            let engine = self.engine.as_deref().unwrap_or("unknown engine");
+            let cgroup = self.cgroup.as_deref().unwrap_or("?");
+            write!(
+                f,
+                "({engine}, not started through npu-container-runtime, cgroup {cgroup}) "
+            )?;
+        }
         if let Some(npu) = self.npu {
             write!(f, "npu={npu} ")?;
         }
@@ -61,6 +76,9 @@ struct Resolver<'a> {
     config: &'a Config,
     host: HostDevices,
     containers: BTreeMap<u64, String>,
+    /// The unified tree, where unowned tasks' cgroups are looked up (by id), and what was found.
+    unified: Option<Mount>,
+    unowned: BTreeMap<u64, Option<String>>,
 }
 
 impl Resolver<'_> {
@@ -88,12 +106,31 @@ impl Resolver<'_> {
             .find(is)
             .map(|n| n.name.clone());
         let comm_len = e.comm.iter().position(|b| *b == 0).unwrap_or(e.comm.len());
+        let through_runtime = e.owned != 0;
+        let (cgroup, named) = if through_runtime {
+            (None, None)
+        } else {
+            let unified = &self.unified;
+            let path = self
+                .unowned
+                .entry(e.cgroup_id)
+                .or_insert_with(|| unified.as_ref().and_then(|m| path_of_id(m, e.cgroup_id)))
+                .clone();
+            let named = path.as_deref().and_then(container_of);
+            (path, named)
+        };
         Denial {
-            container: self
-                .containers
-                .get(&e.cgroup_id)
-                .cloned()
-                .filter(|_| e.owned != 0),
+            through_runtime,
+            engine: named.as_ref().map(|n| n.engine.to_string()),
+            cgroup,
+            container: match named {
+                Some(n) => Some(n.id),
+                None => self
+                    .containers
+                    .get(&e.cgroup_id)
+                    .cloned()
+                    .filter(|_| through_runtime),
+            },
             cgroup_id: e.cgroup_id,
             npu,
             device,
@@ -149,6 +186,8 @@ pub fn run(config: &Config, json: bool, out: &mut impl Write) -> Result<(), Erro
             config,
             host: HostDevices::discover(config)?,
             containers: BTreeMap::new(),
+            unified: Layout::detect().ok().and_then(|l| l.unified().cloned()),
+            unowned: BTreeMap::new(),
         };
         resolver.reload();
         let mut rescan = tokio::time::interval(Duration::from_secs(1));

@@ -103,6 +103,12 @@ pub enum GuardError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot detach program {id} from {path}: {source}")]
+    Detach {
+        path: PathBuf,
+        id: u32,
+        source: std::io::Error,
+    },
     #[error("refusing cgroup id {0}: not a container cgroup")]
     BadCgroup(u64),
     #[error("device major {0} is out of range")]
@@ -343,6 +349,46 @@ impl Guard {
             })?;
         Ok(ids.contains(&id))
     }
+}
+
+/// Kernel ids of the device programs attached directly to the cgroup directory `cgroup`.
+pub fn attached(cgroup: &Path) -> Result<Vec<u32>, GuardError> {
+    let dir = File::open(cgroup).map_err(|source| GuardError::Cgroup {
+        path: cgroup.into(),
+        source,
+    })?;
+    sys::attached_device_programs(dir.as_fd()).map_err(|source| GuardError::Attach {
+        path: cgroup.into(),
+        source,
+    })
+}
+
+/// Detaches the device program with kernel id `id` from the cgroup directory `cgroup`.
+pub fn detach(cgroup: &Path, id: u32) -> Result<(), GuardError> {
+    let detach_error = |source| GuardError::Detach {
+        path: cgroup.into(),
+        id,
+        source,
+    };
+    let dir = File::open(cgroup).map_err(|source| GuardError::Cgroup {
+        path: cgroup.into(),
+        source,
+    })?;
+    let program = sys::prog_by_id(id).map_err(detach_error)?;
+    sys::detach_device_program(dir.as_fd(), program.as_fd()).map_err(detach_error)
+}
+
+/// Kernel ids of every pinned program version, with their versions.
+pub fn pinned_programs(bpf_dir: &Path) -> BTreeMap<u32, String> {
+    versions(bpf_dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|v| {
+            let variant = pinned_variant(bpf_dir, &v)?;
+            let program = sys::obj_get(&bpf_dir.join(&v).join(variant.pin_name())).ok()?;
+            Some((sys::prog_id(program.as_fd()).ok()?, v))
+        })
+        .collect()
 }
 
 /// Which variant this kernel would run, found by loading them (nothing is pinned or kept):

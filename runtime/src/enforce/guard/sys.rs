@@ -16,6 +16,8 @@ use std::{
 };
 
 const BPF_PROG_ATTACH: libc::c_long = 8;
+const BPF_PROG_DETACH: libc::c_long = 9;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_PROG_QUERY: libc::c_long = 16;
@@ -31,6 +33,15 @@ struct AttachAttr {
     attach_type: u32,
     attach_flags: u32,
     replace_bpf_fd: u32,
+}
+
+/// The `BPF_PROG_GET_FD_BY_ID` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct GetFdByIdAttr {
+    id: u32,
+    next_id: u32,
+    open_flags: u32,
 }
 
 /// The `BPF_PROG_QUERY` member of `union bpf_attr` (up to `prog_cnt`).
@@ -135,6 +146,26 @@ pub fn attach_device_program(cgroup: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io
         ..Default::default()
     };
     bpf(BPF_PROG_ATTACH, &mut attr)
+}
+
+/// Detaches `prog` from the cgroup directory `cgroup` (a multi-attached device program).
+pub fn detach_device_program(cgroup: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
+    let mut attr = AttachAttr {
+        target_fd: cgroup.as_raw_fd() as u32,
+        attach_bpf_fd: prog.as_raw_fd() as u32,
+        attach_type: BPF_CGROUP_DEVICE,
+        ..Default::default()
+    };
+    bpf(BPF_PROG_DETACH, &mut attr)
+}
+
+/// An fd for the loaded program with kernel id `id`.
+pub fn prog_by_id(id: u32) -> io::Result<OwnedFd> {
+    let mut attr = GetFdByIdAttr {
+        id,
+        ..Default::default()
+    };
+    bpf_fd(BPF_PROG_GET_FD_BY_ID, &mut attr)
 }
 
 /// Ids of the device programs attached directly to the cgroup directory `cgroup`.

@@ -70,29 +70,33 @@ impl Mount {
         }
     }
 
-    /// Directory of the cgroup `path` (as `/proc/PID/cgroup` shows it) under this mount.
-    fn dir_of(&self, pid: u32, path: &str) -> Result<PathBuf, CgroupError> {
-        let outside = || CgroupError::OutsideMount {
-            pid,
-            path: path.into(),
-            mount: self.mount_point.clone(),
-        };
+    /// Directory of the cgroup `path` (as `/proc/PID/cgroup` shows it) under this mount;
+    /// `None` when the mount does not show it.
+    pub fn dir(&self, path: &str) -> Option<PathBuf> {
         let rel = if self.root == "/" {
-            path.strip_prefix('/').ok_or_else(outside)?
+            path.strip_prefix('/')?
         } else {
-            let rest = path.strip_prefix(self.root.as_str()).ok_or_else(outside)?;
+            let rest = path.strip_prefix(self.root.as_str())?;
             if !(rest.is_empty() || rest.starts_with('/')) {
-                return Err(outside());
+                return None;
             }
             rest.trim_start_matches('/')
         };
         if rel.split('/').any(|c| c == "..") {
-            return Err(outside());
+            return None;
         }
-        Ok(if rel.is_empty() {
+        Some(if rel.is_empty() {
             self.mount_point.clone()
         } else {
             self.mount_point.join(rel)
+        })
+    }
+
+    fn dir_of(&self, pid: u32, path: &str) -> Result<PathBuf, CgroupError> {
+        self.dir(path).ok_or_else(|| CgroupError::OutsideMount {
+            pid,
+            path: path.into(),
+            mount: self.mount_point.clone(),
         })
     }
 }
@@ -141,6 +145,15 @@ impl Layout {
                 devices: Mount::from_info(d),
             }),
             (None, _) => Err(CgroupError::NoDeviceControl),
+        }
+    }
+
+    /// The unified (cgroup v2) tree, where BPF device programs apply; `None` on v1-only hosts.
+    pub fn unified(&self) -> Option<&Mount> {
+        match self {
+            Self::Unified { root } => Some(root),
+            Self::Hybrid { unified, .. } => Some(unified),
+            Self::Legacy { .. } => None,
         }
     }
 
@@ -242,6 +255,72 @@ pub struct UnifiedCgroup {
 pub struct ContainerCgroups {
     pub unified: Option<UnifiedCgroup>,
     pub devices_v1: Option<PathBuf>,
+}
+
+/// A container as its cgroup path names it: the engine that placed it there and its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedContainer {
+    pub engine: &'static str,
+    pub id: String,
+}
+
+/// The container a cgroup path belongs to, from the engines' naming: systemd scopes
+/// (`docker-ID.scope`, `cri-containerd-ID.scope`, `crio-ID.scope`, `libpod-ID.scope`) and
+/// cgroupfs paths (`/docker/ID`, `/libpod_parent/libpod-ID`, `/kubepods/.../podUID/ID`,
+/// containerd's `/NAMESPACE/ID`).
+pub fn container_of(path: &str) -> Option<NamedContainer> {
+    let mut parts = path.trim_end_matches('/').rsplit('/');
+    let last = parts.next().filter(|l| !l.is_empty())?;
+    let parent = parts.next().unwrap_or_default();
+    let named = |engine, id: &str| {
+        Some(NamedContainer {
+            engine,
+            id: id.to_string(),
+        })
+    };
+    for (prefix, engine) in [
+        ("docker-", "docker"),
+        ("cri-containerd-", "containerd (CRI)"),
+        ("crio-", "cri-o"),
+        ("libpod-", "podman"),
+    ] {
+        if let Some(id) = last.strip_prefix(prefix) {
+            return named(engine, id.strip_suffix(".scope").unwrap_or(id));
+        }
+    }
+    if path.starts_with("/kubepods") {
+        return named("kubernetes", last);
+    }
+    if parent.contains("docker") {
+        return named("docker", last);
+    }
+    if parent.is_empty() {
+        return None;
+    }
+    // ctr and other containerd clients: /NAMESPACE/ID.
+    named("containerd", last)
+}
+
+/// The path (as `/proc/PID/cgroup` shows it) of the cgroup with id `id` under `mount`, found by
+/// walking the tree (ids are directory inode numbers).
+pub fn path_of_id(mount: &Mount, id: u64) -> Option<String> {
+    let mut stack = vec![mount.mount_point.clone()];
+    while let Some(dir) = stack.pop() {
+        if std::fs::metadata(&dir).is_ok_and(|m| m.ino() == id) {
+            let rel = dir.strip_prefix(&mount.mount_point).ok()?;
+            let root = mount.root.trim_end_matches('/');
+            return Some(format!("{root}/{}", rel.display()));
+        }
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            stack.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    None
 }
 
 /// One line of `/proc/PID/cgroup`: `hierarchy-id:controller-list:path`.
@@ -346,6 +425,30 @@ mod tests {
             Layout::from_mounts(false, &none),
             Err(CgroupError::NoDeviceControl)
         ));
+    }
+
+    #[test]
+    fn engines_name_their_containers_in_cgroup_paths() {
+        let id = "a".repeat(64);
+        for (path, engine) in [
+            (format!("/docker/{id}"), "docker"),
+            (format!("/system.slice/docker-{id}.scope"), "docker"),
+            (
+                format!(
+                    "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/cri-containerd-{id}.scope"
+                ),
+                "containerd (CRI)",
+            ),
+            (format!("/kubepods/burstable/pod1/{id}"), "kubernetes"),
+            (format!("/machine.slice/libpod-{id}.scope"), "podman"),
+            (format!("/libpod_parent/libpod-{id}"), "podman"),
+            (format!("/default/{id}"), "containerd"),
+        ] {
+            let c = container_of(&path).unwrap_or_else(|| panic!("{path}"));
+            assert_eq!((c.engine, c.id.as_str()), (engine, id.as_str()), "{path}");
+        }
+        assert_eq!(container_of("/"), None);
+        assert_eq!(container_of("/user.slice"), None);
     }
 
     #[test]
