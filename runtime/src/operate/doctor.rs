@@ -10,6 +10,7 @@ use crate::{
     node::config::Config,
     node::devices::HostDevices,
     operate::engines::{self, Engine},
+    operate::node_guard,
     start::{
         mounts::{self, MountApi},
         shim,
@@ -125,6 +126,60 @@ fn guard_check(config: &Config, layout: Option<&Layout>) -> Check {
     }
 }
 
+/// Whether the container parents present here are guarded by this build's guard.
+fn node_guard_check(config: &Config, layout: Option<&Layout>) -> Check {
+    let name = "node guard";
+    if let Some(Layout::Legacy { .. }) = layout {
+        return check(
+            name,
+            Verdict::Ok,
+            "not available on pure cgroup v1 hosts (a v1 child cannot be given more than its \
+             parent): the shim's confinement is the protection, containers started around the \
+             runtime are not covered"
+                .into(),
+            "",
+        );
+    }
+    let parents = match node_guard::status(config) {
+        Ok(p) => p,
+        Err(e) => return check(name, Verdict::Fail, e.to_string(), "see the error"),
+    };
+    let present: Vec<&node_guard::ParentStatus> = parents.iter().filter(|p| p.present).collect();
+    let unguarded: Vec<&str> = present
+        .iter()
+        .filter(|p| !p.current)
+        .map(|p| p.path.as_str())
+        .collect();
+    let guarded: Vec<&str> = present
+        .iter()
+        .filter(|p| p.current)
+        .map(|p| p.path.as_str())
+        .collect();
+    if present.is_empty() {
+        check(
+            name,
+            Verdict::Warn,
+            "none of the guarded_parents exists yet: containers started around the runtime are \
+             not covered"
+                .into(),
+            "npu-ctk guard install once the engines run (or --cgroup PATH)",
+        )
+    } else if !unguarded.is_empty() {
+        check(
+            name,
+            Verdict::Warn,
+            format!(
+                "not guarded by this build: {} (containers started there around the runtime \
+                 can open NPUs)",
+                unguarded.join(", ")
+            ),
+            "npu-ctk guard install",
+        )
+    } else {
+        check(name, Verdict::Ok, format!("guarded: {}", guarded.join(", ")), "")
+    }
+}
+
 /// Whether the hook can make read-only driver mounts here: the mount syscalls probed, and a
 /// real bind mount made the way a container start makes it, in a private mount namespace of
 /// a child process.
@@ -227,6 +282,7 @@ pub fn run(config: &Config, runtime_path: &Path) -> Vec<Check> {
         )
     });
     out.push(guard_check(config, layout.as_ref().ok()));
+    out.push(node_guard_check(config, layout.as_ref().ok()));
     out.push(mounts_check());
     match HostDevices::discover(config) {
         Ok(host) => {
