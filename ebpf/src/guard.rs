@@ -30,6 +30,7 @@ use aya_ebpf::{
     macros::btf_map,
     programs::DeviceContext,
 };
+use aya_log_ebpf::warn;
 use npu_guard_common::{
     ACC_MKNOD, ClassValue, ContainerKey, ContainerStats, DENIALS_BYTES, DenialEvent, GrantKey,
     GrantValue, MAX_CGROUP_DEPTH, MAX_CONTAINERS, MAX_GRANTS, MAX_MAJORS,
@@ -95,7 +96,7 @@ pub fn check<const FULL: bool>(ctx: DeviceContext) -> i32 {
     // Fast path: grants exist only for registered containers, so a grant of the task's own
     // cgroup makes that cgroup the deepest registered one.
     if let Some(grant) = grant_of(current) {
-        return verdict::<FULL>(grant, &req, current);
+        return verdict::<FULL>(&ctx, grant, &req, current, current);
     }
     let Some(owner) = owning_container::<FULL>(current) else {
         // No container owns the task: under a node guard, a container started around the
@@ -105,17 +106,23 @@ pub fn check<const FULL: bool>(ctx: DeviceContext) -> i32 {
         if req.access & !ACC_MKNOD == 0 {
             return ALLOW;
         }
-        report::<FULL>(&req, current, false);
+        report::<FULL>(&ctx, &req, current, current, false);
         return DENY;
     };
     match grant_of(owner) {
-        Some(grant) => verdict::<FULL>(grant, &req, owner),
-        None => deny::<FULL>(&req, owner),
+        Some(grant) => verdict::<FULL>(&ctx, grant, &req, owner, current),
+        None => deny::<FULL>(&ctx, &req, owner, current),
     }
 }
 
 #[inline(always)]
-fn verdict<const FULL: bool>(grant: *mut GrantValue, req: &Request, owner: u64) -> i32 {
+fn verdict<const FULL: bool>(
+    ctx: &DeviceContext,
+    grant: *mut GrantValue,
+    req: &Request,
+    owner: u64,
+    current: u64,
+) -> i32 {
     // SAFETY: `grant` came from a per-CPU map lookup: this CPU's slot, valid for this
     // invocation and written by no other CPU.
     unsafe {
@@ -124,22 +131,56 @@ fn verdict<const FULL: bool>(grant: *mut GrantValue, req: &Request, owner: u64) 
             return ALLOW;
         }
     }
-    deny::<FULL>(req, owner)
+    deny::<FULL>(ctx, req, owner, current)
 }
 
 #[inline(always)]
-fn deny<const FULL: bool>(req: &Request, owner: u64) -> i32 {
+fn deny<const FULL: bool>(ctx: &DeviceContext, req: &Request, owner: u64, current: u64) -> i32 {
     if let Some(stats) = CONTAINERS.get_ptr_mut(ContainerKey { cgroup_id: owner }) {
         // SAFETY: this CPU's slot of a per-CPU map value, valid for this invocation.
         unsafe { (*stats).denied += 1 };
     }
-    report::<FULL>(req, owner, true);
+    report::<FULL>(ctx, req, owner, current, true);
     DENY
 }
 
-/// Puts a denial on the ring buffer (dropped if the buffer is full).
+/// Puts a denial on the ring buffer (dropped if the buffer is full), and says it in a log
+/// line (aya-log; `npu-ctk monitor --verbose`). Only denials come here: allowed accesses log
+/// nothing and pay nothing for it.
 #[inline(always)]
-fn report<const FULL: bool>(req: &Request, cgroup_id: u64, owned: bool) {
+fn report<const FULL: bool>(
+    ctx: &DeviceContext,
+    req: &Request,
+    cgroup_id: u64,
+    current: u64,
+    owned: bool,
+) {
+    let (major, minor, access) = (req.major, req.minor, req.access);
+    if !owned {
+        warn!(
+            ctx,
+            "denied {}:{} access {} to cgroup {}: no container owns it",
+            major,
+            minor,
+            access,
+            current
+        );
+    } else if cgroup_id != current {
+        warn!(
+            ctx,
+            "denied {}:{} access {} to cgroup {} of container cgroup {}",
+            major,
+            minor,
+            access,
+            current,
+            cgroup_id
+        );
+    } else {
+        warn!(
+            ctx,
+            "denied {}:{} access {} to container cgroup {}", major, minor, access, cgroup_id
+        );
+    }
     let Some(mut entry) = DENIALS.reserve(0) else {
         return;
     };

@@ -151,3 +151,62 @@ fn monitor_reports_exactly_the_denials() {
         each_cgroup_mode(monitor_case);
     }
 }
+
+/// `--verbose` adds the guard programs' own log lines (aya-log, written on the deny path only):
+/// one per denial, naming the device and the container's cgroup; allowed accesses log nothing.
+#[test]
+fn verbose_adds_the_guards_log_lines() {
+    if !can_run() {
+        return;
+    }
+    let host = FakeHost::new(2);
+    let a = start_npu(Place::Host, &host, "1").expect("a");
+    let mut monitor = Command::new(bin("npu-ctk"))
+        .env(PATH_ENV, &host.config_path)
+        .args(["monitor", "--json", "--verbose"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(monitor.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let (_, out) = a.sh("cat /dev/davinci1 </dev/null");
+    assert!(out.contains("No such device or address"), "{out}");
+    open_npu(&a, &host, 0, 2);
+    std::thread::sleep(Duration::from_millis(1500));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(monitor.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let mut out = String::new();
+    monitor
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let _ = monitor.wait();
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let logs: Vec<&serde_json::Value> = lines.iter().filter(|l| l.get("log").is_some()).collect();
+    let cgroup_id = lines
+        .iter()
+        .find(|l| l["container"] == a.id.as_str())
+        .and_then(|l| l["cgroup_id"].as_u64())
+        .unwrap_or_else(|| panic!("no denial for {}:\n{out}", a.id));
+    assert_eq!(logs.len(), 2, "one log line per denial:\n{out}");
+    for l in logs {
+        let text = l["log"].as_str().unwrap();
+        assert!(
+            text.contains(&format!("denied {}:0", host.chip_major))
+                && text.contains(&cgroup_id.to_string()),
+            "{l}"
+        );
+        assert_eq!(l["level"], "warn", "{l}");
+    }
+}

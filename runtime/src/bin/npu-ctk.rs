@@ -73,6 +73,9 @@ enum Command {
         /// One JSON object per line instead of text
         #[arg(long)]
         json: bool,
+        /// Also print the guard programs' own log lines (aya-log)
+        #[arg(long)]
+        verbose: bool,
     },
     /// The node guard: attach the device guard to container parent cgroups, so containers
     /// started around the runtime open no NPU
@@ -352,9 +355,12 @@ fn run(cli: Cli) -> Result<(), Error> {
                 policy::table(&entries)
             });
         }
-        Command::Monitor { json: as_json } => {
+        Command::Monitor {
+            json: as_json,
+            verbose,
+        } => {
             let config = load_config()?;
-            monitor::run(&config, as_json, &mut std::io::stdout())?;
+            monitor::run(&config, as_json, verbose, &mut std::io::stdout())?;
         }
         Command::Guard { command } => {
             let config = load_config()?;

@@ -176,7 +176,12 @@ fn node_guard_check(config: &Config, layout: Option<&Layout>) -> Check {
             "npu-ctk guard install",
         )
     } else {
-        check(name, Verdict::Ok, format!("guarded: {}", guarded.join(", ")), "")
+        check(
+            name,
+            Verdict::Ok,
+            format!("guarded: {}", guarded.join(", ")),
+            "",
+        )
     }
 }
 

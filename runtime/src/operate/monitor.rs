@@ -144,10 +144,81 @@ impl Resolver<'_> {
     }
 }
 
+/// What the followers hand to the printing loop.
+enum Message {
+    Denial(DenialEvent),
+    /// One of the guard's own log lines (`--verbose`), already formatted.
+    Log(serde_json::Value),
+}
+
+/// Hands one program version's aya-log records to the printing loop, once `live` (what an
+/// earlier reader left in the program's log ring is skipped).
+struct GuardLog {
+    version: String,
+    live: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tx: mpsc::UnboundedSender<Message>,
+}
+
+impl log::Log for GuardLog {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.live.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = self.tx.send(Message::Log(serde_json::json!({
+                "log": record.args().to_string(),
+                "level": record.level().to_string().to_lowercase(),
+                "version": self.version,
+            })));
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// Follows one program version's aya-log lines until the monitor stops.
+async fn follow_log(mut logger: AsyncFd<aya_log::EbpfLogger<GuardLog>>) {
+    loop {
+        let Ok(mut ready) = logger.readable_mut().await else {
+            return;
+        };
+        ready.get_inner_mut().flush();
+        ready.clear_ready();
+    }
+}
+
+/// Starts following `version`'s log lines: its program's aya-log ring, found by program id.
+fn start_log(
+    config: &Config,
+    version: &str,
+    tx: &mpsc::UnboundedSender<Message>,
+) -> Result<u32, String> {
+    let id = guard::Guard::open(&config.bpf_dir, version)
+        .map_err(|e| e.to_string())?
+        .program_id();
+    let live = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sink = GuardLog {
+        version: version.to_string(),
+        live: live.clone(),
+        tx: tx.clone(),
+    };
+    let mut logger =
+        aya_log::EbpfLogger::init_from_id_with_logger(id, sink).map_err(|e| e.to_string())?;
+    logger.flush();
+    live.store(true, std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: the logger owns its ring's map fd and keeps it open, unchanged, for as long as
+    // it lives, and the AsyncFd owns the logger.
+    let fd = unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts().1.to_string())?;
+    tokio::spawn(follow_log(fd));
+    Ok(id)
+}
+
 /// Reads the ring buffer until the receiver goes away.
 async fn follow(
     mut ring: AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
-    tx: mpsc::UnboundedSender<DenialEvent>,
+    tx: mpsc::UnboundedSender<Message>,
 ) {
     loop {
         let Ok(mut ready) = ring.readable_mut().await else {
@@ -161,7 +232,7 @@ async fn follow(
                 // makes no alignment assumption.
                 let event =
                     unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DenialEvent>()) };
-                if tx.send(event).is_err() {
+                if tx.send(Message::Denial(event)).is_err() {
                     return;
                 }
             }
@@ -170,8 +241,9 @@ async fn follow(
     }
 }
 
-/// Prints denials to `out` (text or JSON lines) until Ctrl-C / SIGTERM.
-pub fn run(config: &Config, json: bool, out: &mut impl Write) -> Result<(), Error> {
+/// Prints denials to `out` (text or JSON lines) until Ctrl-C / SIGTERM; with `verbose`, also
+/// the guard programs' own log lines.
+pub fn run(config: &Config, json: bool, verbose: bool, out: &mut impl Write) -> Result<(), Error> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -182,6 +254,7 @@ pub fn run(config: &Config, json: bool, out: &mut impl Write) -> Result<(), Erro
     runtime.block_on(async {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mut followed = BTreeSet::new();
+        let mut logging: BTreeSet<String> = BTreeSet::new();
         let mut resolver = Resolver {
             config,
             host: HostDevices::discover(config)?,
@@ -224,6 +297,20 @@ pub fn run(config: &Config, json: bool, out: &mut impl Write) -> Result<(), Erro
                         tokio::spawn(follow(fd, tx.clone()));
                         followed.insert(inode);
                     }
+                    if verbose {
+                        for version in guard::versions(&config.bpf_dir).unwrap_or_default() {
+                            if !logging.contains(&version) {
+                                match start_log(config, &version, &tx) {
+                                    Ok(_) => {
+                                        logging.insert(version);
+                                    }
+                                    Err(e) => eprintln!(
+                                        "npu-ctk monitor: no log lines of program version {version}: {e}"
+                                    ),
+                                }
+                            }
+                        }
+                    }
                     if !announced {
                         eprintln!(
                             "npu-ctk monitor: following {} program version(s) under {} (their \
@@ -234,12 +321,23 @@ pub fn run(config: &Config, json: bool, out: &mut impl Write) -> Result<(), Erro
                         announced = true;
                     }
                 }
-                Some(event) = rx.recv() => {
-                    let denial = resolver.resolve(&event);
-                    let line = if json {
-                        serde_json::to_string(&denial).expect("serializable")
-                    } else {
-                        denial.to_string()
+                Some(message) = rx.recv() => {
+                    let line = match message {
+                        Message::Denial(event) => {
+                            let denial = resolver.resolve(&event);
+                            if json {
+                                serde_json::to_string(&denial).expect("serializable")
+                            } else {
+                                denial.to_string()
+                            }
+                        }
+                        Message::Log(log) if json => log.to_string(),
+                        Message::Log(log) => format!(
+                            "LOG {} guard {}: {}",
+                            log["level"].as_str().unwrap_or_default(),
+                            log["version"].as_str().unwrap_or_default(),
+                            log["log"].as_str().unwrap_or_default()
+                        ),
                     };
                     if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
                         // The reader went away (a closed pipe): stop quietly.
