@@ -251,3 +251,49 @@ pub fn start_npu<'a>(
         },
     )
 }
+
+/// The spec's `linux.resources.devices` (device cgroup rules).
+pub fn device_rules(spec: &mut serde_json::Value) -> &mut Vec<serde_json::Value> {
+    spec["linux"]["resources"]["devices"]
+        .as_array_mut()
+        .unwrap()
+}
+
+/// Docker's privileged devices: allow everything, and every host node listed (here the fake
+/// host's nodes, as Docker lists /dev).
+pub fn privileged_devices(host: &FakeHost, spec: &mut serde_json::Value) {
+    device_rules(spec).push(serde_json::json!({"allow": true, "access": "rwm"}));
+    let mut nodes: Vec<serde_json::Value> = (0..host.chips)
+        .map(|i| (format!("davinci{i}"), host.chip_major, i))
+        .chain(
+            ["davinci_manager", "devmm_svm", "hisi_hdc"]
+                .iter()
+                .enumerate()
+                .map(|(m, n)| (n.to_string(), host.mgmt_major, m as u32)),
+        )
+        .map(|(name, major, minor)| {
+            serde_json::json!({"path": format!("/dev/{name}"), "type": "c", "major": major, "minor": minor,
+                   "fileMode": 0o666, "uid": 0, "gid": 0})
+        })
+        .collect();
+    spec_devices(spec).append(&mut nodes);
+}
+
+pub fn spec_devices(spec: &mut serde_json::Value) -> &mut Vec<serde_json::Value> {
+    let linux = &mut spec["linux"];
+    if linux["devices"].is_null() {
+        linux["devices"] = serde_json::json!([]);
+    }
+    linux["devices"].as_array_mut().unwrap()
+}
+
+/// `--device` of chip `i`: its node and its own exact rule.
+pub fn device_entry(host: &FakeHost, spec: &mut serde_json::Value, i: u32) {
+    spec_devices(spec).push(serde_json::json!({
+        "path": format!("/dev/davinci{i}"), "type": "c", "major": host.chip_major, "minor": i,
+        "fileMode": 0o666, "uid": 0, "gid": 0}));
+    device_rules(spec).push(
+        serde_json::json!({"allow": true, "type": "c", "major": host.chip_major, "minor": i,
+                            "access": "rwm"}),
+    );
+}

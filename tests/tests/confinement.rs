@@ -7,7 +7,9 @@ use npu_tests::{
     cgroups::{Place, each_cgroup_mode},
     host::FakeHost,
     require_root, require_tools,
-    runc::{RuncContainer, expect_only, open_verdict},
+    runc::{
+        RuncContainer, device_entry, device_rules, expect_only, open_verdict, privileged_devices,
+    },
 };
 use serde_json::{Value, json};
 
@@ -39,51 +41,6 @@ fn env(spec: &mut Value, entry: &str) {
         .push(entry.into());
 }
 
-fn rules(spec: &mut Value) -> &mut Vec<Value> {
-    spec["linux"]["resources"]["devices"]
-        .as_array_mut()
-        .unwrap()
-}
-
-/// Docker's privileged devices: allow everything, and every host node listed (here the fake
-/// host's nodes, as Docker lists /dev).
-fn privileged(host: &FakeHost, spec: &mut Value) {
-    rules(spec).push(json!({"allow": true, "access": "rwm"}));
-    let mut nodes: Vec<Value> = (0..host.chips)
-        .map(|i| (format!("davinci{i}"), host.chip_major, i))
-        .chain(
-            ["davinci_manager", "devmm_svm", "hisi_hdc"]
-                .iter()
-                .enumerate()
-                .map(|(m, n)| (n.to_string(), host.mgmt_major, m as u32)),
-        )
-        .map(|(name, major, minor)| {
-            json!({"path": format!("/dev/{name}"), "type": "c", "major": major, "minor": minor,
-                   "fileMode": 0o666, "uid": 0, "gid": 0})
-        })
-        .collect();
-    devices(spec).append(&mut nodes);
-}
-
-fn devices(spec: &mut Value) -> &mut Vec<Value> {
-    let linux = &mut spec["linux"];
-    if linux["devices"].is_null() {
-        linux["devices"] = json!([]);
-    }
-    linux["devices"].as_array_mut().unwrap()
-}
-
-/// `--device` of chip `i`: its node and its own exact rule.
-fn device(host: &FakeHost, spec: &mut Value, i: u32) {
-    devices(spec).push(json!({
-        "path": format!("/dev/davinci{i}"), "type": "c", "major": host.chip_major, "minor": i,
-        "fileMode": 0o666, "uid": 0, "gid": 0}));
-    rules(spec).push(
-        json!({"allow": true, "type": "c", "major": host.chip_major, "minor": i,
-                            "access": "rwm"}),
-    );
-}
-
 /// Every management node's verdict from inside the container (mknod + open).
 fn management(c: &RuncContainer<'_>, host: &FakeHost) -> Vec<String> {
     (0..3).map(|m| c.node_verdict(host.mgmt_major, m)).collect()
@@ -100,19 +57,20 @@ fn broad_rules_name_nothing() {
         let cases: Vec<(&str, Edit<'_>)> = vec![
             (
                 "privileged-like, no request",
-                Box::new(|s: &mut Value| privileged(&host, s)),
+                Box::new(|s: &mut Value| privileged_devices(&host, s)),
             ),
             (
                 "privileged-like, void",
                 Box::new(|s: &mut Value| {
-                    privileged(&host, s);
+                    privileged_devices(&host, s);
                     env(s, "ASCEND_VISIBLE_DEVICES=void");
                 }),
             ),
             (
                 "c M:* rwm on the chips' major",
                 Box::new(|s: &mut Value| {
-                    rules(s).push(json!({"allow": true, "type": "c", "major": host.chip_major,
+                    device_rules(s)
+                        .push(json!({"allow": true, "type": "c", "major": host.chip_major,
                                          "access": "rwm"}))
                 }),
             ),
@@ -155,7 +113,7 @@ fn exact_entries_name_their_nodes_and_add_to_a_request() {
         let host = FakeHost::new(4);
         // --device of NPU 2, no request: exactly NPU 2 (and no management node it did not
         // name).
-        let only_2: Edit<'_> = Box::new(|s: &mut Value| device(&host, s, 2));
+        let only_2: Edit<'_> = Box::new(|s: &mut Value| device_entry(&host, s, 2));
         let c = start(place, &host, &only_2).unwrap_or_else(|e| panic!("{mode}: {e}"));
         assert_eq!(
             c.chip_verdicts(&host),
@@ -167,8 +125,8 @@ fn exact_entries_name_their_nodes_and_add_to_a_request() {
         drop(c);
         // Privileged-like with request 1 plus an exact entry for NPU 3: exactly 1 and 3.
         let both: Edit<'_> = Box::new(|s: &mut Value| {
-            rules(s).push(json!({"allow": true, "access": "rwm"}));
-            device(&host, s, 3);
+            device_rules(s).push(json!({"allow": true, "access": "rwm"}));
+            device_entry(&host, s, 3);
             env(s, "ASCEND_VISIBLE_DEVICES=1");
         });
         let c = start(place, &host, &both).unwrap_or_else(|e| panic!("{mode}: {e}"));
@@ -226,7 +184,7 @@ fn confinement_can_be_turned_off() {
     text.push_str("confine_unnamed = false\n");
     std::fs::write(&host.config_path, text).unwrap();
     let edit: Edit<'_> = Box::new(|s: &mut Value| {
-        rules(s).push(json!({"allow": true, "access": "rwm"}));
+        device_rules(s).push(json!({"allow": true, "access": "rwm"}));
     });
     let c = start(Place::Host, &host, &edit).expect("start");
     // Passed through as before: the engine's allow-all rule decides.

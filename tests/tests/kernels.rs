@@ -5,7 +5,9 @@
 //! and cleanup (`tests/src/bin/kernel-guest.rs`). What each kernel gives is checked too: 6.1
 //! runs the full guard program; 5.10 lacks three helpers for cgroup device programs and runs
 //! the basic one (a container's sub-cgroups are denied, denial events carry no pid) and has
-//! no `mount_setattr` (the driver mounts are remounted read-only after attaching).
+//! no `mount_setattr` (the driver mounts are remounted read-only after attaching). On every
+//! layout a privileged-like container naming no NPU is confined, and where there is a cgroup
+//! v2 tree the node guard keeps plain runc containers under a guarded parent off the NPUs.
 use std::{
     path::{Path, PathBuf},
     time::Duration,
@@ -74,9 +76,14 @@ fn judge(k: &Expect, layout: &str, boot: &qemu::Boot) -> Vec<String> {
             .to_string()
     };
     let mut want = vec!["layout", "doctor", "start", "isolation matrix"];
-    want.extend(["read-only driver mounts", "cleanup"]);
+    want.extend(["read-only driver mounts", "confinement", "cleanup"]);
     if layout != "v1" {
-        want.extend(["sub-cgroup of a container", "monitor", "policy show"]);
+        want.extend([
+            "sub-cgroup of a container",
+            "monitor",
+            "policy show",
+            "node guard",
+        ]);
     }
     for name in want {
         if check(r, name).is_none() {

@@ -5,6 +5,7 @@
 //! `{"check": NAME, "ok": BOOL, "detail": TEXT}`, then `{"done": true}`.
 use std::{
     io::{BufRead, BufReader, Write},
+    path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -15,7 +16,7 @@ use npu_tests::{
     cgroups::{Place, unified_mount},
     host::FakeHost,
     probe::probe,
-    runc::{expect_only, open_verdict, start_npu},
+    runc::{RuncContainer, expect_only, open_verdict, privileged_devices, start_npu},
 };
 
 struct Results {
@@ -243,6 +244,55 @@ fn main() {
         let _ = std::fs::remove_dir(&dir);
         // Reported, not judged: the host side knows which variant should give which.
         Ok(v.first().map(|(_, _, r)| r.clone()).unwrap_or_default())
+    });
+
+    r.run("confinement", || {
+        let c = RuncContainer::start_with_env(
+            place,
+            host.dir.path(),
+            &bin("npu-container-runtime"),
+            &host.config_path,
+            |s| privileged_devices(&host, s),
+        )?;
+        expect(
+            "privileged-like, no request",
+            c.chip_verdicts(&host),
+            expect_only(&[], host.chips),
+        )?;
+        Ok("a privileged-like container naming no NPU gets none".into())
+    });
+
+    r.run_if(guarded, "node guard", || {
+        let name = "npu-guest-parent";
+        let parent = unified_mount().join(name);
+        std::fs::create_dir_all(&parent).map_err(|e| e.to_string())?;
+        let (ok, out) = ctk(
+            &host,
+            &["guard", "install", "--cgroup", &format!("/{name}")],
+        );
+        if !ok {
+            return Err(out);
+        }
+        // Plain runc, around the runtime, every device allowed, under the guarded parent.
+        let around = RuncContainer::start(place, host.dir.path(), Path::new("runc"), |s| {
+            privileged_devices(&host, s);
+            s["linux"]["cgroupsPath"] = format!("/{name}/around").into();
+        });
+        let verdicts = around.map(|c| c.chip_verdicts(&host));
+        let (ok, out) = ctk(
+            &host,
+            &["guard", "uninstall", "--cgroup", &format!("/{name}")],
+        );
+        let _ = std::fs::remove_dir(&parent);
+        expect(
+            "runc around the runtime",
+            verdicts?,
+            expect_only(&[], host.chips),
+        )?;
+        if !ok {
+            return Err(out);
+        }
+        Ok("runc around the runtime under the guarded parent gets no NPU".into())
     });
 
     // Denial events come from the guard, which pure v1 hosts do not run.

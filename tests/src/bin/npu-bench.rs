@@ -8,7 +8,7 @@
 //! 2. Guard cost per device access: open+close of a non-guarded and of a granted NPU node from
 //!    a container cgroup with runc's deny-by-default filter, without and with the guard.
 //! 3. Scale: 100 containers started concurrently, shim vs plain runc; hook time with 10, 100
-//!    and 1000 containers registered.
+//!    and 1000 containers registered, under a node guard.
 //! 4. Peak RSS of the shim and of the hook.
 use std::{
     path::{Path, PathBuf},
@@ -23,7 +23,7 @@ use npu_runtime::{
 };
 use npu_tests::{
     bin,
-    cgroups::{Place, V2Namespace},
+    cgroups::{Place, TestCgroup, V2Namespace, unified_mount},
     host::FakeHost,
     run,
     runc::{RuncContainer, write_bundle},
@@ -376,48 +376,58 @@ fn scale(place: Place<'_>, host: &FakeHost) {
     let plain = sleeper(&[]);
     let npu = sleeper(&["ASCEND_VISIBLE_DEVICES=0,1", "ASCEND_RUNTIME_MOUNTS=bench"]);
     let root = host.dir.path().join("scale-root");
+    // The N-registered rows start their containers under a parent with the node guard.
+    let guarded = TestCgroup::new(&unified_mount(), &unique("npu-bench-guarded"));
+    let parent = format!("/{}", guarded.rel);
+    let start_under = |runtime: &Path,
+                       b: &(PathBuf, Vec<u8>),
+                       n: usize,
+                       parent: Option<&str>|
+     -> (Duration, Vec<String>) {
+        let ids: Vec<String> = (0..n).map(|_| unique("scale")).collect();
+        // Each container gets its own copy of the pristine bundle, as engines do.
+        let bundles: Vec<PathBuf> = ids
+            .iter()
+            .map(|id| {
+                let d = dir.join(format!("{id}-bundle"));
+                std::fs::create_dir_all(&d).unwrap();
+                let mut spec: serde_json::Value = serde_json::from_slice(&b.1).unwrap();
+                spec["root"]["path"] = b.0.join("rootfs").display().to_string().into();
+                spec["root"]["readonly"] = true.into();
+                if let Some(parent) = parent {
+                    spec["linux"]["cgroupsPath"] = format!("{parent}/{id}").into();
+                }
+                std::fs::write(d.join("config.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
+                d
+            })
+            .collect();
+        let started = Instant::now();
+        let children: Vec<_> = ids
+            .iter()
+            .zip(&bundles)
+            .map(|(id, d)| {
+                place
+                    .command(runtime)
+                    .env(PATH_ENV, &host.config_path)
+                    .arg("--root")
+                    .arg(&root)
+                    .args(["run", "-d", "--bundle"])
+                    .arg(d)
+                    .arg(id)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("spawn")
+            })
+            .collect();
+        for mut c in children {
+            assert!(c.wait().unwrap().success(), "a concurrent start failed");
+        }
+        (started.elapsed(), ids)
+    };
     let start_many =
-        |runtime: &Path, b: &(PathBuf, Vec<u8>), n: usize| -> (Duration, Vec<String>) {
-            let ids: Vec<String> = (0..n).map(|_| unique("scale")).collect();
-            // Each container gets its own copy of the pristine bundle, as engines do.
-            let bundles: Vec<PathBuf> = ids
-                .iter()
-                .map(|id| {
-                    let d = dir.join(format!("{id}-bundle"));
-                    std::fs::create_dir_all(&d).unwrap();
-                    let mut spec: serde_json::Value = serde_json::from_slice(&b.1).unwrap();
-                    spec["root"]["path"] = b.0.join("rootfs").display().to_string().into();
-                    spec["root"]["readonly"] = true.into();
-                    std::fs::write(d.join("config.json"), serde_json::to_vec(&spec).unwrap())
-                        .unwrap();
-                    d
-                })
-                .collect();
-            let started = Instant::now();
-            let children: Vec<_> = ids
-                .iter()
-                .zip(&bundles)
-                .map(|(id, d)| {
-                    place
-                        .command(runtime)
-                        .env(PATH_ENV, &host.config_path)
-                        .arg("--root")
-                        .arg(&root)
-                        .args(["run", "-d", "--bundle"])
-                        .arg(d)
-                        .arg(id)
-                        .stdin(Stdio::null())
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null())
-                        .spawn()
-                        .expect("spawn")
-                })
-                .collect();
-            for mut c in children {
-                assert!(c.wait().unwrap().success(), "a concurrent start failed");
-            }
-            (started.elapsed(), ids)
-        };
+        |runtime: &Path, b: &(PathBuf, Vec<u8>), n: usize| start_under(runtime, b, n, None);
     let delete_all = |ids: &[String]| {
         for id in ids {
             let _ = place
@@ -452,8 +462,15 @@ fn scale(place: Place<'_>, host: &FakeHost) {
     );
 
     // Hook time as the number of registered containers grows: fill the maps with containers
-    // that look like live ones (ids no real cgroup has), then start a few real ones.
-    println!("  hook time with N containers registered (25 sequential starts each):");
+    // that look like live ones (ids no real cgroup has), then start a few real ones, under a
+    // parent the node guard is attached to.
+    run(place
+        .command(bin("npu-ctk"))
+        .env(PATH_ENV, &host.config_path)
+        .args(["guard", "install", "--cgroup", &parent]));
+    println!(
+        "  hook time with N containers registered (25 sequential starts each, under a node guard):"
+    );
     let mut guard = Guard::ensure(&host.config).expect("guard");
     let grants: Vec<Grant> = (0..5)
         .map(|minor| Grant {
@@ -474,11 +491,11 @@ fn scale(place: Place<'_>, host: &FakeHost) {
             registered += 1;
         }
         let from = log_len(host);
-        let (_, ids) = start_many(&shim, &npu, 1);
+        let (_, ids) = start_under(&shim, &npu, 1, Some(&parent));
         delete_all(&ids);
         let mut more = Vec::new();
         for _ in 0..24 {
-            let (_, ids) = start_many(&shim, &npu, 1);
+            let (_, ids) = start_under(&shim, &npu, 1, Some(&parent));
             more.extend(ids);
         }
         delete_all(&more);
@@ -500,6 +517,11 @@ fn scale(place: Place<'_>, host: &FakeHost) {
             .unregister((1 << 40) + id, &grants)
             .expect("unregister");
     }
+    run(place
+        .command(bin("npu-ctk"))
+        .env(PATH_ENV, &host.config_path)
+        .args(["guard", "uninstall", "--cgroup", &parent]));
+    drop(guarded);
 }
 
 /// The largest `vm_hwm_kib` of log lines containing `marker` since `from`.
