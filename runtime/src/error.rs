@@ -31,6 +31,8 @@ pub enum Error {
     Mount(#[from] MountError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Trust(#[from] crate::node::trust::TrustError),
     #[error(
         "no low-level runtime found: none of {tried:?} is an executable in PATH or the system directories"
     )]

@@ -313,7 +313,8 @@ fn run(cli: Cli) -> Result<(), Error> {
             }
         }
         Command::Doctor { json: as_json } => {
-            let config = load_config()?;
+            // An untrusted config file is one of the checks, not the end of them.
+            let config = Config::load_untrusted()?;
             let checks = doctor::run(&config, &sibling("npu-container-runtime")?);
             print(if as_json {
                 json(&checks)

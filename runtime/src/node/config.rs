@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::node::trust::{self, TrustError};
+
 /// Default location of the configuration file.
 pub const DEFAULT_PATH: &str = "/etc/npu-container-runtime/config.toml";
 /// Environment variable naming another configuration file.
@@ -20,6 +22,8 @@ pub enum ConfigError {
     },
     #[error("invalid config file {path}: {message}")]
     Invalid { path: PathBuf, message: String },
+    #[error("config file: {0}")]
+    Untrusted(#[from] TrustError),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -113,19 +117,45 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Loads the file named by `NPU_CONTAINER_RUNTIME_CONFIG`, else the default path.
+    /// Loads the file named by `NPU_CONTAINER_RUNTIME_CONFIG`, else the default path. The file
+    /// decides what root runs and what reaches containers, so it must be one only root could
+    /// have written ([`trust::trusted_file`]).
     pub fn load() -> Result<Self, ConfigError> {
         match std::env::var_os(PATH_ENV) {
             // An explicitly named file must exist: a typo in the variable is not "defaults".
-            Some(path) => Self::from_file(Path::new(&path)),
-            None => match std::fs::read_to_string(DEFAULT_PATH) {
-                Ok(text) => Self::parse(&text, Path::new(DEFAULT_PATH)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-                Err(source) => Err(ConfigError::Read {
-                    path: DEFAULT_PATH.into(),
-                    source,
-                }),
+            Some(path) => {
+                let path = Path::new(&path);
+                match trust::trusted_file(path) {
+                    // Missing: reading it says so, naming the file.
+                    Err(e) if trust::is_missing(&e) => {}
+                    other => other?,
+                }
+                Self::from_file(path)
+            }
+            None => match trust::trusted_file(Path::new(DEFAULT_PATH)) {
+                Err(e) if trust::is_missing(&e) => Ok(Self::default()),
+                Err(e) => Err(e.into()),
+                Ok(()) => Self::from_file(Path::new(DEFAULT_PATH)),
             },
+        }
+    }
+
+    /// The path [`Config::load`] reads (the variable's, else the default).
+    pub fn path() -> PathBuf {
+        std::env::var_os(PATH_ENV).map_or_else(|| DEFAULT_PATH.into(), PathBuf::from)
+    }
+
+    /// Like [`Config::load`] without the trust check, for `npu-ctk doctor` to report on an
+    /// untrusted file while still checking the rest of the host (it runs nothing it names).
+    pub fn load_untrusted() -> Result<Self, ConfigError> {
+        match Self::from_file(&Self::path()) {
+            Err(ConfigError::Read { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound
+                    && std::env::var_os(PATH_ENV).is_none() =>
+            {
+                Ok(Self::default())
+            }
+            other => other,
         }
     }
 

@@ -5,3 +5,4 @@ pub mod devices;
 pub mod logging;
 pub mod rules;
 pub mod state;
+pub mod trust;

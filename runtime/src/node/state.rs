@@ -7,7 +7,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::node::rules::Grant;
+use crate::node::{
+    rules::Grant,
+    trust::{self, TrustError},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -24,6 +27,8 @@ pub enum StateError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error("state_dir: {0}")]
+    Untrusted(#[from] TrustError),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,7 +108,8 @@ fn write_json(dir: &Path, path: &Path, value: &impl Serialize) -> Result<(), Sta
         let path = path.to_path_buf();
         move |source| StateError::Io { op, path, source }
     };
-    std::fs::create_dir_all(dir).map_err(io("create"))?;
+    // Someone else could have made it first, to read or plant records: refuse such a one.
+    trust::private_dir(dir)?;
     // The writer's pid in the name lets `gc` tell a dead writer's leftover from work in progress.
     let mut tmp = tempfile::Builder::new()
         .prefix(&format!("{TEMP_PREFIX}{}.", std::process::id()))
@@ -133,7 +139,7 @@ pub fn read_node<T: serde::de::DeserializeOwned>(
     name: &str,
 ) -> Result<Option<T>, StateError> {
     let path = node_path(state_dir, name);
-    match std::fs::read(&path) {
+    match read_nofollow(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|source| StateError::Corrupt { path, source }),
@@ -144,6 +150,18 @@ pub fn read_node<T: serde::de::DeserializeOwned>(
             source,
         }),
     }
+}
+
+/// Reads a file we wrote, never following a symlink to something we did not.
+fn read_nofollow(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::{io::Read, os::unix::fs::OpenOptionsExt};
+    let mut bytes = Vec::new();
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// This boot's id (`/proc/sys/kernel/random/boot_id`): facts that hold until a reboot carry
@@ -157,7 +175,7 @@ pub fn boot_id() -> String {
 /// Reads the record of `id`; `None` if there is none.
 pub fn read(state_dir: &Path, id: &str) -> Result<Option<Record>, StateError> {
     let path = record_path(state_dir, id)?;
-    match std::fs::read(&path) {
+    match read_nofollow(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|source| StateError::Corrupt { path, source }),

@@ -1,6 +1,6 @@
 //! `npu-ctk doctor`: one line per check of a host, each with a verdict and, when something is
 //! wrong, the fix.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -9,6 +9,7 @@ use crate::{
     node::cgroup::Layout,
     node::config::Config,
     node::devices::HostDevices,
+    node::trust,
     operate::engines::{self, Engine},
     operate::node_guard,
     start::{
@@ -250,9 +251,91 @@ fn in_private_mount_namespace(f: impl FnOnce() -> Result<(), String>) -> Result<
     }
 }
 
+/// The trust checks (node::trust): the files that decide what root runs and what reaches
+/// containers, and the directories of records and pins.
+fn trust_checks(config: &Config, runtime_path: &Path) -> Vec<Check> {
+    let fix_file = "chown root FILE and every directory above it, and chmod go-w them";
+    let file = |name: &str, path: &Path, missing_ok: &str| match trust::trusted_file(path) {
+        Ok(()) => check(
+            name,
+            Verdict::Ok,
+            format!("{}: owned by root, written by nobody else", path.display()),
+            "",
+        ),
+        Err(e) if trust::is_missing(&e) => check(name, Verdict::Ok, missing_ok.into(), ""),
+        Err(e) => check(name, Verdict::Fail, e.to_string(), fix_file),
+    };
+    let mut out = vec![file(
+        "config file trust",
+        &Config::path(),
+        "no config file: defaults",
+    )];
+    let lists: Vec<PathBuf> = std::fs::read_dir(&config.mount_list_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "list"))
+        .collect();
+    let bad: Vec<String> = lists
+        .iter()
+        .filter_map(|p| trust::trusted_file(p).err().map(|e| e.to_string()))
+        .collect();
+    out.push(if bad.is_empty() {
+        check(
+            "mount list trust",
+            Verdict::Ok,
+            format!(
+                "{} list(s) in {}, all root's",
+                lists.len(),
+                config.mount_list_dir.display()
+            ),
+            "",
+        )
+    } else {
+        check("mount list trust", Verdict::Fail, bad.join("; "), fix_file)
+    });
+    let hook = runtime_path.with_file_name(shim::HOOK_BINARY);
+    for (name, path) in [
+        ("shim binary trust", runtime_path),
+        ("hook binary trust", &hook),
+    ] {
+        out.push(file(name, path, "missing (see runtime binaries)"));
+    }
+    for (name, dir) in [
+        ("state_dir", &config.state_dir),
+        ("bpf_dir", &config.bpf_dir),
+    ] {
+        out.push(match trust::check_private_dir(dir) {
+            Ok(true) => check(
+                name,
+                Verdict::Ok,
+                format!("{}: root's, writable by nobody else", dir.display()),
+                "",
+            ),
+            Ok(false) => check(
+                name,
+                Verdict::Ok,
+                format!(
+                    "{}: made 0700 root with the first NPU container",
+                    dir.display()
+                ),
+                "",
+            ),
+            Err(e) => check(
+                name,
+                Verdict::Fail,
+                e.to_string(),
+                "remove it (it is recreated 0700 root), or chown root and chmod 0700 it",
+            ),
+        });
+    }
+    out
+}
+
 /// Runs every check. `runtime_path` is the shim engines should point at.
 pub fn run(config: &Config, runtime_path: &Path) -> Vec<Check> {
-    let mut out = Vec::new();
+    let mut out = trust_checks(config, runtime_path);
     let layout = Layout::detect();
     out.push(match &layout {
         Ok(layout) => check("cgroup mode", Verdict::Ok, layout.name().into(), ""),

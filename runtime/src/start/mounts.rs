@@ -31,10 +31,16 @@ use rustix::{
     mount::{MountFlags, MoveMountFlags, OpenTreeFlags, UnmountFlags},
 };
 
-use crate::node::{devices::ContainerDevice, rules::DevType};
+use crate::node::{
+    devices::ContainerDevice,
+    rules::DevType,
+    trust::{self, TrustError},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
+    #[error("mount list: {0}")]
+    Untrusted(TrustError),
     #[error("mount list {name:?} does not exist ({path} not found)")]
     UnknownList { name: String, path: PathBuf },
     #[error("cannot read {path}: {source}")]
@@ -119,9 +125,16 @@ pub fn read_lists(
     let mut out: Vec<PathBuf> = Vec::new();
     for name in names {
         let path = dir.join(format!("{name}.list"));
-        let text = match std::fs::read_to_string(&path) {
+        // A list decides what is mounted into containers: only root may have written it.
+        let trusted = trust::trusted_file(&path);
+        let text = match trusted.and_then(|()| {
+            std::fs::read_to_string(&path).map_err(|source| TrustError::Inspect {
+                path: path.clone(),
+                source,
+            })
+        }) {
             Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(e) if trust::is_missing(&e) => {
                 if !explicit && name == "base" {
                     tracing::info!(list = %path.display(), "no default mount list; no driver mounts");
                     continue;
@@ -131,7 +144,10 @@ pub fn read_lists(
                     path,
                 });
             }
-            Err(source) => return Err(MountError::Read { path, source }),
+            Err(TrustError::Inspect { source, .. }) => {
+                return Err(MountError::Read { path, source });
+            }
+            Err(e) => return Err(MountError::Untrusted(e)),
         };
         for p in parse_list(&text, &path)? {
             if !out.contains(&p) {

@@ -9,6 +9,7 @@ use crate::{
     node::devices::HostDevices,
     node::rules::{Access, RuleEntry},
     node::state,
+    node::trust,
     start::names::{Names, Treatment},
     start::request::Request,
     start::spec::{Edit, HookCommand, Spec},
@@ -47,6 +48,8 @@ pub fn find_runtime(config: &Config) -> Result<PathBuf, Error> {
         for candidate in candidates {
             // Never exec ourselves (a runtime named like the shim would loop).
             if is_executable(&candidate) && Some(&candidate) != ours.as_ref() {
+                // Root executes it for every container: only root may have written it.
+                trust::trusted_file(&candidate)?;
                 return Ok(candidate);
             }
         }
@@ -72,6 +75,8 @@ pub fn hook_command() -> Result<HookCommand, Error> {
     if !path.is_file() {
         return Err(Error::NoHook(path));
     }
+    // The runtime runs it as root for the container: only root may have written it.
+    trust::trusted_file(&path)?;
     Ok(HookCommand {
         path,
         env: hook_env(),

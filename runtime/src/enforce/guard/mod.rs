@@ -115,6 +115,8 @@ pub enum GuardError {
     BadMajor(u32),
     #[error(transparent)]
     State(#[from] state::StateError),
+    #[error("bpf_dir: {0}")]
+    Untrusted(#[from] crate::node::trust::TrustError),
 }
 
 /// Which program this kernel runs: what a cgroup device program may ask differs by kernel.
@@ -786,8 +788,6 @@ pub fn ensure_bpffs(bpf_dir: &Path) -> Result<(), GuardError> {
             source: errno.into(),
         })?;
     }
-    std::fs::create_dir_all(bpf_dir).map_err(|source| GuardError::Bpffs {
-        path: bpf_dir.into(),
-        source,
-    })
+    // Someone else could have made it first, to read or plant pins: refuse such a one.
+    Ok(crate::node::trust::private_dir(bpf_dir)?)
 }
