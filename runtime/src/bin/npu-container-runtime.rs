@@ -48,11 +48,23 @@ fn main() {
 
     match parsed.command.as_deref() {
         None if text.iter().any(|a| a == "--version" || a == "-v") => {
+            // The runtime's own lines first, intact (tools read the first line), then ours.
+            let status = Command::new(&runtime)
+                .args(&args)
+                .status()
+                .unwrap_or_else(|source| {
+                    fail(&Error::Exec {
+                        path: runtime.clone(),
+                        source,
+                    })
+                });
             println!("{NAME} version {}", env!("CARGO_PKG_VERSION"));
             println!("guard program {}", npu_runtime::enforce::guard::version());
-            println!("low-level runtime {}:", runtime.display());
-            exec(&runtime, &args)
+            println!("low-level runtime {}", runtime.display());
+            std::process::exit(status.code().unwrap_or(1))
         }
+        // A help request is the runtime's to answer: no bundle is involved.
+        Some("create" | "run") if parsed.help => exec(&runtime, &args),
         Some("create" | "run") => {
             let bundle = parsed
                 .bundle

@@ -26,6 +26,8 @@ pub struct RuncArgs {
     pub bundle: Option<PathBuf>,
     /// First positional argument after the subcommand: the container id.
     pub container_id: Option<String>,
+    /// `-h`/`--help` after `create`/`run`: the runtime answers it, no bundle involved.
+    pub help: bool,
 }
 
 /// Splits `-x`, `--x`, `--x=v` into (name, inline value); `None` for non-flags.
@@ -92,6 +94,7 @@ impl RuncArgs {
                             out.bundle = value.map(PathBuf::from);
                         }
                     }
+                    Some(("h" | "help", _)) => out.help = true,
                     Some(_) => {}
                     None => {
                         if out.container_id.is_none() {
@@ -169,6 +172,14 @@ mod tests {
         let a = parse("create --bundle=/y -- id3");
         assert_eq!(a.bundle, Some("/y".into()));
         assert_eq!(a.container_id.as_deref(), Some("id3"));
+    }
+
+    #[test]
+    fn help_requests() {
+        for line in ["create -h", "create --help", "run -h", "--root /r run --help x"] {
+            assert!(parse(line).help, "{line}");
+        }
+        assert!(!parse("run -d --bundle /b id").help);
     }
 
     #[test]

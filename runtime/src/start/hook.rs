@@ -137,7 +137,9 @@ pub fn create_runtime(config: &Config, view: HostView, state: &State) -> Result<
         .map_err(Error::from)
         .and_then(|()| {
             let rootfs = spec.rootfs(bundle)?;
-            let in_spec = spec.device_paths();
+            let mut in_spec = spec.device_paths();
+            // A user namespace's devices are bind-mounted by the runtime (the shim's edit).
+            in_spec.extend(spec.mount_destinations());
             let missing: Vec<&ContainerDevice> = devices
                 .iter()
                 .filter(|d| !in_spec.iter().any(|p| d.container_path == Path::new(p)))

@@ -12,7 +12,7 @@ use crate::{
     node::trust,
     start::names::{Names, Treatment},
     start::request::Request,
-    start::spec::{Edit, HookCommand, Spec},
+    start::spec::{Edit, HookCommand, Spec, SpecError},
 };
 
 pub const HOOK_BINARY: &str = "npu-container-hook";
@@ -157,7 +157,14 @@ pub fn edit(config: &Config, spec: &mut Spec) -> Result<Treatment, Error> {
 /// The `create`/`run` step: edit `bundle/config.json` in place (atomically) as [`edit`]
 /// decides. A container left alone is not rewritten at all (its spec stays byte-identical).
 pub fn prepare_bundle(config: &Config, bundle: &Path) -> Result<Treatment, Error> {
-    let (path, bytes) = Spec::read_bytes(bundle)?;
+    let (path, bytes) = match Spec::read_bytes(bundle) {
+        // No spec: nothing of ours to do, and the runtime says what is wrong with its own
+        // words (a missing bundle, a wrong argument), as it would without us.
+        Err(SpecError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Treatment::PassThrough);
+        }
+        other => other?,
+    };
     let mut spec = Spec::parse(&bytes, path)?;
     let treatment = edit(config, &mut spec)?;
     if treatment != Treatment::PassThrough {

@@ -181,6 +181,31 @@ impl Spec {
             .collect()
     }
 
+    /// Whether the container gets a user namespace of its own.
+    pub fn has_user_namespace(&self) -> bool {
+        self.value
+            .pointer("/linux/namespaces")
+            .and_then(Value::as_array)
+            .is_some_and(|ns| {
+                ns.iter()
+                    .any(|n| n.get("type").and_then(Value::as_str) == Some("user"))
+            })
+    }
+
+    /// Destinations of the spec's mounts.
+    pub fn mount_destinations(&self) -> Vec<String> {
+        self.value
+            .pointer("/mounts")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|m| m.get("destination").and_then(Value::as_str))
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The device nodes of `linux.devices` (char and block; FIFOs name no device).
     pub fn devices(&self) -> Vec<SpecDevice> {
         self.value
@@ -224,9 +249,25 @@ impl Spec {
             reason: reason.into(),
         };
         let existing = self.device_paths();
+        // In a user namespace runc cannot mknod, and binds the host file at the container's
+        // path instead: the wrong node when the container's name is not the host's (VIRTUAL,
+        // a dev_root other than /dev). So the host node is bind-mounted by path ourselves.
+        let bind = self.has_user_namespace();
+        let mounted = self.mount_destinations();
         let mut devices = Vec::new();
+        let mut mounts = Vec::new();
         for d in edit.devices {
-            if existing.iter().any(|p| Path::new(p) == d.container_path) {
+            let present = |paths: &[String]| paths.iter().any(|p| Path::new(p) == d.container_path);
+            if present(&existing) || present(&mounted) {
+                continue;
+            }
+            if bind {
+                mounts.push(json!({
+                    "destination": d.container_path,
+                    "type": "bind",
+                    "source": d.node.path,
+                    "options": ["bind", "nosuid"],
+                }));
                 continue;
             }
             let typ = match d.node.dev_type {
@@ -279,6 +320,14 @@ impl Spec {
         array_at(linux, "devices")
             .ok_or_else(|| invalid("linux.devices is not an array"))?
             .extend(devices);
+        if !mounts.is_empty() {
+            let root = self.value.as_object_mut().expect("checked at parse");
+            array_at(root, "mounts")
+                .ok_or_else(|| invalid("mounts is not an array"))?
+                .extend(mounts);
+        }
+        let root = self.value.as_object_mut().expect("checked at parse");
+        let linux = object_at(root, "linux").ok_or_else(|| invalid("linux is not an object"))?;
         let resources = object_at(linux, "resources")
             .ok_or_else(|| invalid("linux.resources is not an object"))?;
         array_at(resources, "devices")
