@@ -109,7 +109,10 @@ fn user_namespaces_get_the_right_host_nodes() {
         assert_eq!(open_verdict(&c, "/dev/davinci1"), "ENXIO", "{mode}");
         assert_eq!(open_verdict(&c, "/dev/davinci0"), "ENOENT", "{mode}");
         let (_, ids) = c.sh("cat /proc/self/uid_map");
-        assert!(ids.contains("100000"), "{mode}: not in a user namespace: {ids}");
+        assert!(
+            ids.contains("100000"),
+            "{mode}: not in a user namespace: {ids}"
+        );
         drop(c);
         // VIRTUAL: /dev/davinci0 is the host's vdavinci0 (the virtual major), which is granted,
         // not the physical davinci0.

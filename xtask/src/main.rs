@@ -4,6 +4,7 @@
 //! fetch by itself: Debian packages (runc, bpftool, ...), the nightly `rust-src` component and
 //! `bpf-linker` built against the nightly's own LLVM (DESIGN.md section 5). `test` and `demo`
 //! run `setup` first, so each is a single command on a fresh machine.
+mod runc_suite;
 mod setup;
 
 use std::process::{Command, ExitCode};
@@ -75,8 +76,13 @@ fn release_binary(name: &str) -> Result {
 
 /// Test suites that take minutes and run beside the others (they mostly wait on emulators),
 /// each as (test target, test name to skip in the main run).
-const PARALLEL_SUITES: [(&str, &str); 1] =
-    [("kernels", "npu_containers_on_older_and_current_kernels")];
+const PARALLEL_SUITES: [(&str, &str); 2] = [
+    ("kernels", "npu_containers_on_older_and_current_kernels"),
+    (
+        "runc_conformance",
+        "runc_s_own_suite_passes_through_the_shim",
+    ),
+];
 
 /// Formatting, lints, then every test (unit, kernel-level and end-to-end suites). The slow
 /// suites run in parallel with the rest, from the same build.
@@ -108,23 +114,36 @@ fn test(extra: &[String]) -> Result {
     if !built.status.success() {
         return Err("cargo test --no-run failed".into());
     }
-    let mut parallel = Vec::new();
+    // One after the other, in one lane beside the main run: two emulated CPUs and runc's
+    // suite at once would starve a 2-core machine.
+    let mut lane = Vec::new();
     for (target, _) in PARALLEL_SUITES {
         let exe = test_executable(&built.stdout, target)?;
         let log = std::env::temp_dir().join(format!("npu-xtask-{target}.log"));
-        let file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
-        eprintln!(
-            "xtask: running the {target} suite in parallel (output in {})",
-            log.display()
-        );
-        let child = Command::new(&exe)
-            .envs(env.iter().cloned())
-            .stdout(file.try_clone().map_err(|e| e.to_string())?)
-            .stderr(file)
-            .spawn()
-            .map_err(|e| format!("cannot run {}: {e}", exe.display()))?;
-        parallel.push((target, log, child));
+        lane.push((target, exe, log));
     }
+    eprintln!(
+        "xtask: running the {} suites beside the others (output in {})",
+        PARALLEL_SUITES.map(|(t, _)| t).join(" and "),
+        std::env::temp_dir().display()
+    );
+    let lane_env = env.clone();
+    let parallel = std::thread::spawn(move || {
+        lane.into_iter()
+            .map(|(target, exe, log)| {
+                let status = std::fs::File::create(&log)
+                    .and_then(|file| {
+                        Command::new(&exe)
+                            .envs(lane_env.iter().cloned())
+                            .stdout(file.try_clone()?)
+                            .stderr(file)
+                            .status()
+                    })
+                    .map_err(|e| format!("cannot run {}: {e}", exe.display()));
+                (target, log, status)
+            })
+            .collect::<Vec<_>>()
+    });
     let mut main = cargo();
     main.arg("test")
         .args(extra)
@@ -135,12 +154,19 @@ fn test(extra: &[String]) -> Result {
     }
     let result = run(&mut main);
     let mut failed = Vec::new();
-    for (target, log, mut child) in parallel {
-        let status = child.wait().map_err(|e| e.to_string())?;
+    for (target, log, status) in parallel.join().map_err(|_| "the parallel lane panicked")? {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        eprintln!("xtask: the {target} suite ({status}):\n{text}");
-        if !status.success() {
-            failed.push(target);
+        match status {
+            Ok(s) => {
+                eprintln!("xtask: the {target} suite ({s}):\n{text}");
+                if !s.success() {
+                    failed.push(target);
+                }
+            }
+            Err(e) => {
+                eprintln!("xtask: the {target} suite: {e}");
+                failed.push(target);
+            }
         }
     }
     result?;

@@ -40,6 +40,7 @@ pub fn all() -> Result {
     bpf_linker()?;
     musl_target()?;
     kernels()?;
+    crate::runc_suite::prepare()?;
     Ok(())
 }
 
@@ -151,7 +152,7 @@ fn dpkg_installed(package: &str) -> bool {
         .is_ok_and(|o| o.status.success() && o.stdout == b"installed")
 }
 
-fn output(cmd: &mut Command) -> Result<String> {
+pub fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd
         .output()
         .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;

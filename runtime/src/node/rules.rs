@@ -84,6 +84,17 @@ impl Access {
         Self(self.0 & !other.0)
     }
 
+    /// The `rwm` letters of `text`, ignoring any other, as runc reads an OCI rule's access
+    /// (its own suite writes `"rwa"`).
+    pub fn parse_lenient(text: &str) -> Self {
+        text.chars().fold(Self::NONE, |acc, c| match c {
+            'r' => acc.union(Self::READ),
+            'w' => acc.union(Self::WRITE),
+            'm' => acc.union(Self::MKNOD),
+            _ => acc,
+        })
+    }
+
     /// Parses `rwm` letters in any order (an empty string is no access).
     pub fn parse(text: &str) -> Result<Self, RuleError> {
         let mut bits = 0;
@@ -337,6 +348,13 @@ mod tests {
         assert!(Access::parse("rx").is_err());
         assert!(Access::ALL.contains(Access::READ.union(Access::WRITE)));
         assert_eq!(Access::ALL.minus(Access::READ).to_string(), "wm");
+    }
+
+    #[test]
+    fn lenient_access_keeps_only_rwm() {
+        assert_eq!(Access::parse_lenient("rwa").to_string(), "rw");
+        assert_eq!(Access::parse_lenient("xyz"), Access::NONE);
+        assert_eq!(Access::parse_lenient("mmr").to_string(), "rm");
     }
 
     #[test]

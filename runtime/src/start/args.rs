@@ -176,7 +176,12 @@ mod tests {
 
     #[test]
     fn help_requests() {
-        for line in ["create -h", "create --help", "run -h", "--root /r run --help x"] {
+        for line in [
+            "create -h",
+            "create --help",
+            "run -h",
+            "--root /r run --help x",
+        ] {
             assert!(parse(line).help, "{line}");
         }
         assert!(!parse("run -d --bundle /b id").help);

@@ -215,6 +215,7 @@ mod tests {
     #[test]
     fn bad_rules_are_errors() {
         let text = r#"{"linux": {"resources": {"devices": [{"allow": true, "type": "x"}]}}}"#;
+        // (Access letters other than rwm are runc's to ignore: {"access": "rwa"} is rw.)
         let spec = Spec::parse(text.as_bytes(), "/b/config.json".into()).unwrap();
         let e = Names::of(&spec, &classes()).unwrap_err().to_string();
         assert!(

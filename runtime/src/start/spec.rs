@@ -130,8 +130,8 @@ impl Spec {
             .unwrap_or_default()
     }
 
-    /// `linux.resources.devices` as rules, in order. A rule runc would reject (an unknown
-    /// type, access letters other than `rwm`) is an error naming it.
+    /// `linux.resources.devices` as rules, in order, read as runc reads them. A rule runc
+    /// would reject (an unknown type, a number out of range) is an error naming it.
     pub fn device_rules(&self) -> Result<Vec<RuleEntry>, SpecError> {
         let Some(items) = self
             .value
@@ -163,10 +163,11 @@ impl Spec {
                         .map(Some)
                         .ok_or_else(bad),
                 };
-                // An absent access means "rwm" in runc.
-                let access = match item.get("access").and_then(Value::as_str) {
-                    None => Access::ALL,
-                    Some(a) => Access::parse(a).map_err(|_| bad())?,
+                // An absent access means "rwm" in runc; letters other than rwm it ignores.
+                let access = match item.get("access") {
+                    None | Some(Value::Null) => Access::ALL,
+                    Some(Value::String(a)) => Access::parse_lenient(a),
+                    Some(_) => return Err(bad()),
                 };
                 Ok(RuleEntry {
                     allow: item.get("allow").and_then(Value::as_bool) == Some(true),

@@ -1,0 +1,182 @@
+//! A true drop-in for runc: runc's own integration suite (bats, from Debian's source package
+//! of the installed runc, prepared by `cargo xtask setup`) run three ways on this machine -
+//! plain runc (the baseline), the shim with no request, and the shim with an NPU request added
+//! to every container it creates (`npu-request-runc`, on a simulated NPU host). Every test
+//! that passes with plain runc must pass through the shim in both modes. Tests that cannot
+//! run here are skipped by the baseline too (no criu, no systemd as PID 1, no rootless user,
+//! no network for `spec validator`): they are listed, not judged.
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use npu_runtime::node::config::PATH_ENV;
+use npu_tests::{bin, host::FakeHost, require, require_root, require_tools};
+
+/// Where `cargo xtask setup` prepares the suite (`NPU_RUNC_SUITE` overrides it).
+const SUITE_DEFAULT: &str = "/var/cache/npu-tests/runc-suite";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Pass,
+    Fail,
+    Skip,
+}
+
+/// The runc source tree with the prepared suite, if there is one.
+fn suite() -> Option<PathBuf> {
+    let dir =
+        std::env::var_os("NPU_RUNC_SUITE").map_or_else(|| SUITE_DEFAULT.into(), PathBuf::from);
+    if !dir.join("ready").exists() {
+        return None;
+    }
+    std::fs::read_dir(dir.join("src"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("tests/integration").is_dir())
+}
+
+/// Parses bats' TAP output: `ok N name`, `ok N name # skip (why)`, `not ok N name`.
+fn parse_tap(text: &str) -> BTreeMap<String, Outcome> {
+    let mut out = BTreeMap::new();
+    for line in text.lines().map(str::trim) {
+        let (rest, failed) = match line.strip_prefix("not ok ") {
+            Some(rest) => (rest, true),
+            None => match line.strip_prefix("ok ") {
+                Some(rest) => (rest, false),
+                None => continue,
+            },
+        };
+        let Some((_, name)) = rest.split_once(' ') else {
+            continue;
+        };
+        let (name, outcome) = match name.split_once(" # skip") {
+            Some((name, _)) => (name, Outcome::Skip),
+            None if failed => (name, Outcome::Fail),
+            None => (name, Outcome::Pass),
+        };
+        out.insert(name.trim().to_string(), outcome);
+    }
+    out
+}
+
+/// Runs the whole suite with `runc` as `$RUNC`; returns each test's outcome. bats needs a
+/// terminal (the suite's specs ask for one): `script` gives it a pseudo-terminal. A test that
+/// fails before its teardown can leave its `recvtty` holding that terminal, so bats never
+/// ends: once every planned test has reported, such leftovers are killed.
+fn run_suite(src: &Path, runc: &Path, config: &Path, log: &Path) -> BTreeMap<String, Outcome> {
+    let mut child = Command::new("script")
+        .args(["-qec", "bats -t tests/integration", "/dev/null"])
+        .current_dir(src)
+        .env("RUNC", runc)
+        .env(PATH_ENV, config)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(log).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("script");
+    let started = Instant::now();
+    let mut done_at: Option<Instant> = None;
+    while child.try_wait().unwrap().is_none() {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let planned = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("1.."))
+            .and_then(|n| n.trim().parse::<usize>().ok());
+        if planned.is_some_and(|n| parse_tap(&text).len() >= n) {
+            let since = *done_at.get_or_insert_with(Instant::now);
+            if since.elapsed() > Duration::from_secs(20) {
+                let recvtty = src.join("contrib/cmd/recvtty/recvtty");
+                let _ = Command::new("pkill").arg("-f").arg(&recvtty).status();
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30 * 60),
+            "runc's suite did not finish in 30 minutes; see {}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    parse_tap(&std::fs::read_to_string(log).unwrap_or_default())
+}
+
+#[test]
+fn runc_s_own_suite_passes_through_the_shim() {
+    if !(require_root() && require_tools(&["bats", "script", "runc", "jq"])) {
+        return;
+    }
+    let Some(src) = suite() else {
+        require(
+            &format!("runc's integration suite prepared in {SUITE_DEFAULT} (cargo xtask setup)"),
+            false,
+        );
+        return;
+    };
+    let host = FakeHost::new(2);
+    let runc: PathBuf = npu_tests::run(Command::new("sh").args(["-c", "command -v runc"]))
+        .trim()
+        .into();
+    let modes = [
+        ("runc", runc),
+        ("shim", bin("npu-container-runtime")),
+        ("shim + NPU request", bin("npu-request-runc")),
+    ];
+    // The TAP logs outlive the test, for whoever reads a failure.
+    let logs = std::env::temp_dir().join("npu-runc-conformance");
+    std::fs::create_dir_all(&logs).unwrap();
+    let mut results = Vec::new();
+    for (mode, binary) in &modes {
+        let log = logs.join(format!("{}.tap", mode.replace([' ', '+'], "-")));
+        let r = run_suite(&src, binary, &host.config_path, &log);
+        assert!(!r.is_empty(), "{mode}: no test ran; see {}", log.display());
+        results.push(r);
+    }
+    let tally = |r: &BTreeMap<String, Outcome>, o: Outcome| r.values().filter(|v| **v == o).count();
+    eprintln!(
+        "{:<24} {:>6} {:>6} {:>6}",
+        "runc's suite", "pass", "fail", "skip"
+    );
+    for ((mode, _), r) in modes.iter().zip(&results) {
+        eprintln!(
+            "{mode:<24} {:>6} {:>6} {:>6}",
+            tally(r, Outcome::Pass),
+            tally(r, Outcome::Fail),
+            tally(r, Outcome::Skip)
+        );
+    }
+    let baseline = &results[0];
+    let not_here: Vec<&String> = baseline
+        .iter()
+        .filter(|(_, o)| **o != Outcome::Pass)
+        .map(|(name, _)| name)
+        .collect();
+    eprintln!("not passing with plain runc here (not judged): {not_here:?}");
+    let mut regressions = Vec::new();
+    for ((mode, _), r) in modes.iter().zip(&results).skip(1) {
+        for (name, o) in baseline {
+            if *o == Outcome::Pass && r.get(name) != Some(&Outcome::Pass) {
+                regressions.push(format!("{mode}: {name} ({:?})", r.get(name)));
+            }
+        }
+    }
+    assert!(
+        regressions.is_empty(),
+        "tests that pass with plain runc but not through the shim (TAP logs in {}):\n{}",
+        logs.display(),
+        regressions.join("\n")
+    );
+}
+
+#[test]
+fn tap_parsing() {
+    let r = parse_tap(
+        "1..3\nok 1 runc version\r\nnot ok 2 spec validator\nok 3 checkpoint # skip test requires criu\n# comment\n",
+    );
+    assert_eq!(r["runc version"], Outcome::Pass);
+    assert_eq!(r["spec validator"], Outcome::Fail);
+    assert_eq!(r["checkpoint"], Outcome::Skip);
+    assert_eq!(r.len(), 3);
+}

@@ -1,0 +1,219 @@
+//! runc's own integration suite (bats), prepared for the conformance suite
+//! (`tests/tests/runc_conformance.rs`): the source of the installed runc from Debian's source
+//! package (a private apt configuration, so the machine's sources stay as they are), the
+//! small helpers the suite runs (`recvtty`, `sd-helper`, `seccompagent`, built from that source
+//! against Debian's Go packages, offline), and its two test images made locally (busybox from
+//! busybox-static; a minimal Debian from debootstrap), where the suite would download them.
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use crate::{Result, run, setup::output};
+
+/// Where the prepared suite lives (the conformance suite reads the same default).
+pub const DIR: &str = "/var/cache/npu-tests/runc-suite";
+
+/// The helpers runc 1.1's suite expects at `contrib/cmd/NAME/NAME`.
+const HELPERS: [&str; 3] = ["recvtty", "sd-helper", "seccompagent"];
+
+fn io(what: &str) -> impl Fn(std::io::Error) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+/// Prepares the suite for the installed runc unless it is there already.
+pub fn prepare() -> Result {
+    let version = output(Command::new("dpkg-query").args(["-W", "-f=${source:Version}", "runc"]))?;
+    let dir = Path::new(DIR);
+    let marker = dir.join("ready");
+    if std::fs::read_to_string(&marker).is_ok_and(|v| v.trim() == version) {
+        return Ok(());
+    }
+    eprintln!("xtask: preparing runc {version}'s integration suite in {DIR}");
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).map_err(io("create the suite directory"))?;
+    let src = source(dir, &version)?;
+    helpers(dir, &src)?;
+    images(dir, &src)?;
+    std::fs::write(&marker, &version).map_err(io("write the marker"))?;
+    Ok(())
+}
+
+/// `apt-get source runc=VERSION` with a private deb-src configuration; returns the tree.
+fn source(dir: &Path, version: &str) -> Result<PathBuf> {
+    let apt = dir.join("apt");
+    for sub in ["sources", "lists/partial", "cache/archives/partial"] {
+        std::fs::create_dir_all(apt.join(sub)).map_err(io("create the apt directories"))?;
+    }
+    std::fs::write(
+        apt.join("sources/debian-src.sources"),
+        "Types: deb-src\nURIs: http://deb.debian.org/debian\nSuites: bookworm bookworm-updates\n\
+         Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n\
+         Types: deb-src\nURIs: http://deb.debian.org/debian-security\nSuites: bookworm-security\n\
+         Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
+    )
+    .map_err(io("write the deb-src list"))?;
+    let private = |cmd: &str| {
+        let mut c = Command::new(cmd);
+        c.arg("-o").arg("Dir::Etc::sourcelist=/dev/null");
+        for (key, sub) in [
+            ("Dir::Etc::sourceparts", "sources"),
+            ("Dir::State::Lists", "lists"),
+            ("Dir::Cache", "cache"),
+        ] {
+            c.arg("-o")
+                .arg(format!("{key}={}", apt.join(sub).display()));
+        }
+        c.args(["-o", "APT::Sandbox::User=root"]);
+        c
+    };
+    run(private("apt-get").args(["update", "-qq"]))?;
+    let build = dir.join("src");
+    std::fs::create_dir_all(&build).map_err(io("create the source directory"))?;
+    run(private("apt-get")
+        .args(["source", "-qq"])
+        .arg(format!("runc={version}"))
+        .current_dir(&build))?;
+    std::fs::read_dir(&build)
+        .map_err(io("list the source directory"))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.is_dir() && p.join("tests/integration").is_dir())
+        .ok_or_else(|| "apt-get source runc left no tree with tests/integration".into())
+}
+
+/// Builds the helpers in place with Debian's Go and Go packages, offline (GOPATH mode: the
+/// Debian source has no vendor/ directory).
+fn helpers(dir: &Path, src: &Path) -> Result {
+    let gopath = dir.join("gopath");
+    let link = gopath.join("src/github.com/opencontainers/runc");
+    std::fs::create_dir_all(link.parent().unwrap()).map_err(io("create GOPATH"))?;
+    std::os::unix::fs::symlink(src, &link).map_err(io("link the source into GOPATH"))?;
+    for helper in HELPERS {
+        run(Command::new("go")
+            .args(["build", "-tags", "seccomp", "-o"])
+            .arg(format!("contrib/cmd/{helper}/{helper}"))
+            .arg(format!("./contrib/cmd/{helper}"))
+            .current_dir(&link)
+            .env("GO111MODULE", "off")
+            .env("GOPATH", format!("{}:/usr/share/gocode", gopath.display()))
+            .env("GOCACHE", dir.join("gocache"))
+            .env("GOFLAGS", "-buildvcs=false"))?;
+    }
+    Ok(())
+}
+
+/// The suite's images, where `get-images.sh` looks for them before downloading: plain tars
+/// (tar reads them whatever their name says).
+fn images(dir: &Path, src: &Path) -> Result {
+    let testdata = src.join("tests/integration/testdata");
+    let busybox = dir.join("busybox-rootfs");
+    busybox_rootfs(&busybox)?;
+    tar(&busybox, &testdata.join("busybox-amd64.tar.xz"))?;
+    // hooks.bats runs ldconfig in a Debian image.
+    let debian = dir.join("debian-rootfs");
+    run(Command::new("debootstrap")
+        .args(["--variant=minbase", "bookworm"])
+        .arg(&debian)
+        .arg("http://deb.debian.org/debian"))?;
+    tar(&debian, &testdata.join("debian-amd64.tar.xz"))?;
+    let _ = std::fs::remove_dir_all(&debian);
+    Ok(())
+}
+
+fn tar(root: &Path, out: &Path) -> Result {
+    run(Command::new("tar")
+        .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
+        .arg(root)
+        .arg("-cf")
+        .arg(out)
+        .arg("."))
+}
+
+/// A busybox root filesystem laid out as the suite's image is: every applet linked, the usual
+/// users and groups, no /proc or /sys (the suite's mask tests want them absent).
+fn busybox_rootfs(root: &Path) -> Result {
+    let _ = std::fs::remove_dir_all(root);
+    for sub in [
+        "bin",
+        "sbin",
+        "usr/bin",
+        "usr/sbin",
+        "etc",
+        "dev",
+        "tmp",
+        "root",
+        "home",
+        "var/spool/mail",
+        "var/www",
+    ] {
+        std::fs::create_dir_all(root.join(sub)).map_err(io("create the busybox rootfs"))?;
+    }
+    let mode = |p: &Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).map_err(io("chmod"))
+    };
+    mode(root, 0o755)?;
+    mode(&root.join("tmp"), 0o1777)?;
+    mode(&root.join("root"), 0o700)?;
+    let busybox = ["/usr/bin/busybox", "/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .ok_or("busybox-static is not installed")?;
+    let bin = root.join("bin/busybox");
+    std::fs::copy(busybox, &bin).map_err(io("copy busybox"))?;
+    for applet in output(Command::new(busybox).arg("--list-full"))?.lines() {
+        let path = root.join(applet.trim_start_matches('/'));
+        if !path.exists() {
+            std::fs::hard_link(&bin, &path).map_err(io("link an applet"))?;
+        }
+    }
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\ndaemon:x:1:1:daemon:/usr/sbin:/bin/false\n\
+         bin:x:2:2:bin:/bin:/bin/false\nsys:x:3:3:sys:/dev:/bin/false\n\
+         sync:x:4:100:sync:/bin:/bin/sync\nmail:x:8:8:mail:/var/spool/mail:/bin/false\n\
+         www-data:x:33:33:www-data:/var/www:/bin/false\noperator:x:37:37:Operator:/var:/bin/false\n\
+         nobody:x:65534:65534:nobody:/home:/bin/false\n",
+    )
+    .map_err(io("write passwd"))?;
+    let groups = [
+        ("root", 0),
+        ("daemon", 1),
+        ("bin", 2),
+        ("sys", 3),
+        ("adm", 4),
+        ("tty", 5),
+        ("disk", 6),
+        ("lp", 7),
+        ("mail", 8),
+        ("kmem", 9),
+        ("wheel", 10),
+        ("cdrom", 11),
+        ("dialout", 18),
+        ("floppy", 19),
+        ("video", 28),
+        ("audio", 29),
+        ("tape", 32),
+        ("www-data", 33),
+        ("operator", 37),
+        ("utmp", 43),
+        ("plugdev", 46),
+        ("staff", 50),
+        ("lock", 54),
+        ("netdev", 82),
+        ("users", 100),
+        ("nogroup", 65534),
+    ];
+    let group: String = groups
+        .iter()
+        .map(|(name, gid)| {
+            let members = if *name == "wheel" { "root" } else { "" };
+            format!("{name}:x:{gid}:{members}\n")
+        })
+        .collect();
+    std::fs::write(root.join("etc/group"), group).map_err(io("write group"))?;
+    let shadow = root.join("etc/shadow");
+    std::fs::write(&shadow, "root:*::0:::::\n").map_err(io("write shadow"))?;
+    mode(&shadow, 0o600)
+}
