@@ -102,11 +102,20 @@ fn missing_runtime_is_named() {
 }
 
 #[test]
-fn missing_bundle_fails_before_the_runtime_runs() {
+fn a_missing_bundle_is_the_runtimes_to_report() {
+    // runc answers a missing bundle in its own words and exit code; the shim adds nothing
+    // and changes nothing (the drop-in contract: behave as runc where we have nothing to do).
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("ran");
     let fake = dir.path().join("fake-runc");
-    std::fs::write(&fake, format!("#!/bin/sh\ntouch {}\n", marker.display())).unwrap();
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\necho \"$@\" > {}\necho 'fake-runc: no bundle' >&2\nexit 7\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
     std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let cfg = config(&dir, &format!("runtimes = [{:?}]\n", fake));
     let out = Command::new(SHIM)
@@ -114,17 +123,22 @@ fn missing_bundle_fails_before_the_runtime_runs() {
         .env("NPU_CONTAINER_RUNTIME_CONFIG", &cfg)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent-bundle/config.json"));
-    assert!(!marker.exists(), "the runtime must not run");
+    assert_eq!(out.status.code(), Some(7));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("fake-runc: no bundle"), "{err}");
+    assert!(!err.contains("npu-container-runtime"), "{err}");
+    let argv = std::fs::read_to_string(&marker).expect("the runtime must run");
+    assert_eq!(argv.trim(), "create --bundle /nonexistent-bundle x");
+    assert!(!std::path::Path::new("/nonexistent-bundle").exists());
     // Other commands are passed through unchanged, exit code included.
+    std::fs::remove_file(&marker).unwrap();
     let out = Command::new(SHIM)
         .args(["delete", "x"])
         .env("NPU_CONTAINER_RUNTIME_CONFIG", &cfg)
         .output()
         .unwrap();
-    assert!(out.status.success());
-    assert!(marker.exists());
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), "delete x");
 }
 
 #[test]

@@ -94,3 +94,54 @@ fn podman_hook_mode() {
         assert!(host.granted_cgroups().is_empty(), "{mode}: grants left");
     });
 }
+
+/// A user namespace (`--uidmap`, what `--userns=auto` sets up from /etc/subuid): runc cannot
+/// mknod there, so the shim binds the host node itself, and VIRTUAL still gets the virtual NPU.
+#[test]
+fn podman_user_namespace() {
+    each_mode(|place, mode| {
+        let host = FakeHost::new(3);
+        let p = Podman::new(place, &host);
+        let userns = ["--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"];
+        // No mknod in a user namespace: open what the container was given.
+        let script = "for n in 0 1 2; do cat /dev/davinci$n </dev/null >/dev/null 2>/tmp/e; \
+                      echo $n $(cat /tmp/e); done; cat /proc/self/uid_map";
+        let mut args = userns.to_vec();
+        args.extend([
+            "-e",
+            "ASCEND_VISIBLE_DEVICES=1",
+            p.image.as_str(),
+            "sh",
+            "-c",
+        ]);
+        args.push(script);
+        let (_, out) = p.run(&["--runtime", "npu"], &args);
+        let verdicts: Vec<String> = (0..3)
+            .map(|n| {
+                let line = out.lines().find(|l| l.starts_with(&format!("{n} ")));
+                npu_tests::runc::errno_of(false, line.unwrap_or_default())
+            })
+            .collect();
+        assert_eq!(verdicts, ["ENOENT", "ENXIO", "ENOENT"], "{mode}:\n{out}");
+        assert!(out.contains("100000"), "{mode}: no user namespace:\n{out}");
+        let mut args = userns.to_vec();
+        let virt = "ASCEND_RUNTIME_OPTIONS=VIRTUAL";
+        args.extend([
+            "-e",
+            "ASCEND_VISIBLE_DEVICES=0",
+            "-e",
+            virt,
+            p.image.as_str(),
+        ]);
+        args.extend(["sh", "-c", "stat -c %t /dev/davinci0 && cat /dev/davinci0"]);
+        let (_, out) = p.run(&["--runtime", "npu"], &args);
+        let major = format!("{:x}", host.virtual_major);
+        assert!(
+            out.lines().next().map(str::trim) == Some(major.as_str())
+                && out.contains("No such device or address"),
+            "{mode}: /dev/davinci0 is not the granted virtual NPU:\n{out}"
+        );
+        assert!(host.records().is_empty(), "{mode}: {:?}", host.records());
+        assert!(host.granted_cgroups().is_empty(), "{mode}: grants left");
+    });
+}
