@@ -4,6 +4,7 @@
 //! - [`probe`]: device verdicts from a process in given cgroups, and the expected matrix;
 //! - [`runc`]: runc containers from busybox bundles, through plain runc or our shim;
 //! - [`engines`]: private Docker, Podman and containerd daemons;
+//! - [`kube`]: containerd's CRI plugin driven as the kubelet drives it;
 //! - [`syscalls`]: older kernels' code paths forced by hiding syscalls (seccomp);
 //! - [`qemu`]: Debian's kernels booted under qemu with the release binaries.
 //!
@@ -23,6 +24,7 @@ use crate::host::FakeHost;
 pub mod cgroups;
 pub mod engines;
 pub mod host;
+pub mod kube;
 pub mod probe;
 pub mod qemu;
 pub mod runc;

@@ -1,7 +1,7 @@
 //! A true drop-in for runc: runc's own integration suite (bats, from Debian's source package
-//! of the installed runc, prepared by `cargo xtask setup`) run three ways on this machine -
-//! plain runc (the baseline), the shim with no request, and the shim with an NPU request added
-//! to every container it creates (`npu-request-runc`, on a simulated NPU host). Every test
+//! of the installed runc, prepared by `cargo xtask setup`) run three ways, on this VM's hybrid
+//! layout and in the pure v2 emulation: plain runc (the baseline), the shim with no request,
+//! and the shim with an NPU request added to every container it creates (`npu-request-runc`, on a simulated NPU host). Every test
 //! that passes with plain runc must pass through the shim in both modes. Tests that cannot
 //! run here are skipped by the baseline too (no criu, no systemd as PID 1, no rootless user,
 //! no network for `spec validator`): they are listed, not judged.
@@ -13,7 +13,12 @@ use std::{
 };
 
 use npu_runtime::node::config::PATH_ENV;
-use npu_tests::{bin, host::FakeHost, require, require_root, require_tools};
+use npu_tests::{
+    bin,
+    cgroups::{Place, V2Namespace},
+    host::FakeHost,
+    require, require_root, require_tools,
+};
 
 /// Where `cargo xtask setup` prepares the suite (`NPU_RUNC_SUITE` overrides it).
 const SUITE_DEFAULT: &str = "/var/cache/npu-tests/runc-suite";
@@ -67,10 +72,20 @@ fn parse_tap(text: &str) -> BTreeMap<String, Outcome> {
 /// terminal (the suite's specs ask for one): `script` gives it a pseudo-terminal. A test that
 /// fails before its teardown can leave its `recvtty` holding that terminal, so bats never
 /// ends: once every planned test has reported, such leftovers are killed.
-fn run_suite(src: &Path, runc: &Path, config: &Path, log: &Path) -> BTreeMap<String, Outcome> {
-    let mut child = Command::new("script")
-        .args(["-qec", "bats -t tests/integration", "/dev/null"])
-        .current_dir(src)
+fn run_suite(
+    place: Place<'_>,
+    src: &Path,
+    runc: &Path,
+    config: &Path,
+    log: &Path,
+) -> BTreeMap<String, Outcome> {
+    // Entering the v2 namespace resets the working directory: change to the tree inside it.
+    let mut child = place
+        .command("sh")
+        .arg("-c")
+        .arg(r#"cd "$1" && exec script -qec "bats -t tests/integration" /dev/null"#)
+        .arg("sh")
+        .arg(src)
         .env("RUNC", runc)
         .env(PATH_ENV, config)
         .stdin(Stdio::null())
@@ -127,46 +142,59 @@ fn runc_s_own_suite_passes_through_the_shim() {
     // The TAP logs outlive the test, for whoever reads a failure.
     let logs = std::env::temp_dir().join("npu-runc-conformance");
     std::fs::create_dir_all(&logs).unwrap();
-    let mut results = Vec::new();
-    for (mode, binary) in &modes {
-        let log = logs.join(format!("{}.tap", mode.replace([' ', '+'], "-")));
-        let r = run_suite(&src, binary, &host.config_path, &log);
-        assert!(!r.is_empty(), "{mode}: no test ran; see {}", log.display());
-        results.push(r);
-    }
     let tally = |r: &BTreeMap<String, Outcome>, o: Outcome| r.values().filter(|v| **v == o).count();
-    eprintln!(
-        "{:<24} {:>6} {:>6} {:>6}",
+    let mut table = vec![format!(
+        "{:<34} {:>6} {:>6} {:>6}",
         "runc's suite", "pass", "fail", "skip"
-    );
-    for ((mode, _), r) in modes.iter().zip(&results) {
-        eprintln!(
-            "{mode:<24} {:>6} {:>6} {:>6}",
-            tally(r, Outcome::Pass),
-            tally(r, Outcome::Fail),
-            tally(r, Outcome::Skip)
-        );
-    }
-    let baseline = &results[0];
-    let not_here: Vec<&String> = baseline
-        .iter()
-        .filter(|(_, o)| **o != Outcome::Pass)
-        .map(|(name, _)| name)
-        .collect();
-    eprintln!("not passing with plain runc here (not judged): {not_here:?}");
+    )];
     let mut regressions = Vec::new();
-    for ((mode, _), r) in modes.iter().zip(&results).skip(1) {
-        for (name, o) in baseline {
-            if *o == Outcome::Pass && r.get(name) != Some(&Outcome::Pass) {
-                regressions.push(format!("{mode}: {name} ({:?})", r.get(name)));
+    let v2 = V2Namespace::new();
+    for (place, layout) in [(Place::Host, "hybrid"), (Place::V2(&v2), "cgroup v2")] {
+        let mut results = Vec::new();
+        for (mode, binary) in &modes {
+            let name = format!("{layout} {mode}").replace([' ', '+'], "-");
+            let log = logs.join(format!("{name}.tap"));
+            let r = run_suite(place, &src, binary, &host.config_path, &log);
+            assert!(
+                !r.is_empty(),
+                "{layout} {mode}: no test ran; see {}",
+                log.display()
+            );
+            table.push(format!(
+                "{:<34} {:>6} {:>6} {:>6}",
+                format!("{layout}: {mode}"),
+                tally(&r, Outcome::Pass),
+                tally(&r, Outcome::Fail),
+                tally(&r, Outcome::Skip)
+            ));
+            results.push(r);
+        }
+        let baseline = &results[0];
+        let not_here: Vec<&String> = baseline
+            .iter()
+            .filter(|(_, o)| **o != Outcome::Pass)
+            .map(|(name, _)| name)
+            .collect();
+        eprintln!("{layout}: not passing with plain runc here (not judged): {not_here:?}");
+        for ((mode, _), r) in modes.iter().zip(&results).skip(1) {
+            for (name, o) in baseline {
+                if *o == Outcome::Pass && r.get(name) != Some(&Outcome::Pass) {
+                    regressions.push(format!("{layout}: {mode}: {name} ({:?})", r.get(name)));
+                }
             }
         }
     }
+    eprintln!("{}", table.join("\n"));
     assert!(
         regressions.is_empty(),
         "tests that pass with plain runc but not through the shim (TAP logs in {}):\n{}",
         logs.display(),
         regressions.join("\n")
+    );
+    assert!(
+        host.records().is_empty(),
+        "records left: {:?}",
+        host.records()
     );
 }
 

@@ -8,16 +8,18 @@ use crate::{Result, run};
 
 /// Debian packages the build, the demo and the suites use.
 const PACKAGES: &[&str] = &[
-    "bpftool",         // the bpftool views in tests and demo
-    "runc",            // the low-level runtime
-    "busybox-static",  // container root filesystems
-    "util-linux",      // unshare, nsenter (pure cgroup v2 namespace)
-    "docker.io",       // the Docker suites (dockerd 20.10, containerd)
-    "containerd",      // the containerd suite (ctr)
-    "podman",          // the Podman suites (runtime and hooks.d modes)
-    "strace",          // kills the hook at chosen syscalls in the fault suite
-    "qemu-system-x86", // boots Debian's 5.10 and 6.1 kernels for the kernel suite
-    "cpio",            // packs the guests' initramfs
+    "bpftool",           // the bpftool views in tests and demo
+    "runc",              // the low-level runtime
+    "busybox-static",    // container root filesystems
+    "util-linux",        // unshare, nsenter (pure cgroup v2 namespace)
+    "docker.io",         // the Docker suites (dockerd 20.10, containerd)
+    "containerd",        // the containerd suite (ctr)
+    "podman",            // the Podman suites (runtime and hooks.d modes)
+    "strace",            // kills the hook at chosen syscalls in the fault suite
+    "qemu-system-x86",   // boots Debian's 5.10 and 6.1 kernels for the kernel suite
+    "cpio",              // packs the guests' initramfs
+    "protobuf-compiler", // protoc, for the Kubernetes suite's CRI client (k8s-cri)
+    "procps",            // pgrep, finding the CRI suite's containerd-shims
 ];
 
 /// Where the kernel suite's kernels are kept (tests/src/qemu.rs reads the same default).

@@ -54,6 +54,44 @@ pub struct Config {
     /// Container parent cgroups (relative to the cgroup v2 root) that `npu-ctk guard install`
     /// guards by default, those of them that exist.
     pub guarded_parents: Vec<String>,
+    /// Whose request variables count: on Kubernetes a pod writes its own environment, so
+    /// there the device plugin's exact device entries should be the authority.
+    pub env_requests: EnvRequests,
+}
+
+/// Which containers' request variables (`ASCEND_VISIBLE_DEVICES`, `ASCEND_CDI_NPU_<N>`) are
+/// honoured. Exact device entries and CDI device nodes always count: a pod cannot forge them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum EnvRequests {
+    /// Every container's (Docker and Podman on one host, where who runs a container decides).
+    #[default]
+    All,
+    /// Only those of containers with CAP_SYS_ADMIN in their bounding set (privileged ones).
+    Privileged,
+    /// Nobody's: only device entries name NPUs.
+    #[serde(rename = "none")]
+    Never,
+}
+
+impl EnvRequests {
+    /// The value as written in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::All => "all",
+            Self::Privileged => "privileged",
+            Self::Never => "none",
+        }
+    }
+
+    /// Whether a container's request variables count.
+    pub fn honours(self, cap_sys_admin: bool) -> bool {
+        match self {
+            Self::All => true,
+            Self::Privileged => cap_sys_admin,
+            Self::Never => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -112,6 +150,7 @@ impl Default for Config {
             ]
             .map(String::from)
             .to_vec(),
+            env_requests: EnvRequests::All,
         }
     }
 }
@@ -271,6 +310,14 @@ mod tests {
         assert_eq!(c.log_level, LogLevel::Debug);
         assert_eq!(c.management_devices, ["davinci_manager"]);
         assert_eq!(c.bpf_dir, Config::default().bpf_dir);
+        for (text, value) in [
+            ("all", EnvRequests::All),
+            ("privileged", EnvRequests::Privileged),
+            ("none", EnvRequests::Never),
+        ] {
+            let c = parse(&format!("env_requests = \"{text}\"")).unwrap();
+            assert_eq!((c.env_requests, c.env_requests.as_str()), (value, text));
+        }
     }
 
     #[test]
@@ -295,6 +342,7 @@ mod tests {
             ("guarded_parents = [\"/a/../b\"]", "guarded_parents"),
             ("guarded_parents = \"/docker\"", "guarded_parents"),
             ("confine_unnamed = \"yes\"", "confine_unnamed"),
+            ("env_requests = \"some\"", "env_requests"),
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(

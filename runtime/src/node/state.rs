@@ -45,6 +45,9 @@ pub struct Record {
     /// The container names no NPU and is confined to none (it could have reached one).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub confined: bool,
+    /// The request variables that did not count (`env_requests`), and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 /// What was enforced for a container: enough to release it later without its pid.
@@ -255,6 +258,7 @@ mod tests {
             },
             revoked: vec![],
             confined: false,
+            refused: None,
         };
         write(dir.path(), &record).unwrap();
         let text = std::fs::read_to_string(dir.path().join("abc_1.2-x.json")).unwrap();

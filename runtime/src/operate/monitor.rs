@@ -45,6 +45,10 @@ pub struct Denial {
     /// For those: the task's cgroup, and the engine its path names.
     pub cgroup: Option<String>,
     pub engine: Option<String>,
+    /// The container's request variables that did not count (`env_requests`), and why: the
+    /// usual reason a pod is denied the NPU it set in its environment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 impl std::fmt::Display for Denial {
@@ -67,7 +71,11 @@ impl std::fmt::Display for Denial {
             f,
             "device={device} ({} {}:{}) access={} pid={} comm={}",
             self.dev_type, self.major, self.minor, self.access, self.pid, self.comm
-        )
+        )?;
+        if let Some(refused) = &self.refused {
+            write!(f, " refused={refused}")?;
+        }
+        Ok(())
     }
 }
 
@@ -75,7 +83,8 @@ impl std::fmt::Display for Denial {
 struct Resolver<'a> {
     config: &'a Config,
     host: HostDevices,
-    containers: BTreeMap<u64, String>,
+    /// cgroup id -> container id and its refused request.
+    containers: BTreeMap<u64, (String, Option<String>)>,
     /// The unified tree, where unowned tasks' cgroups are looked up (by id), and what was found.
     unified: Option<Mount>,
     unowned: BTreeMap<u64, Option<String>>,
@@ -86,7 +95,7 @@ impl Resolver<'_> {
         self.containers = state::list(&self.config.state_dir)
             .into_iter()
             .flatten()
-            .filter_map(|r| r.enforced.cgroup_id.map(|id| (id, r.id)))
+            .filter_map(|r| r.enforced.cgroup_id.map(|id| (id, (r.id, r.refused))))
             .collect();
     }
 
@@ -119,17 +128,19 @@ impl Resolver<'_> {
             let named = path.as_deref().and_then(container_of);
             (path, named)
         };
+        let ours = self
+            .containers
+            .get(&e.cgroup_id)
+            .filter(|_| through_runtime)
+            .cloned();
         Denial {
             through_runtime,
             engine: named.as_ref().map(|n| n.engine.to_string()),
             cgroup,
+            refused: ours.as_ref().and_then(|(_, r)| r.clone()),
             container: match named {
                 Some(n) => Some(n.id),
-                None => self
-                    .containers
-                    .get(&e.cgroup_id)
-                    .cloned()
-                    .filter(|_| through_runtime),
+                None => ours.map(|(id, _)| id),
             },
             cgroup_id: e.cgroup_id,
             npu,

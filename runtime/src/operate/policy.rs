@@ -32,6 +32,9 @@ pub struct PolicyEntry {
     /// Guarded accesses allowed/denied by the guard (`None` without a BPF layer).
     pub allowed: Option<u64>,
     pub denied: Option<u64>,
+    /// Request variables that did not count (`env_requests`), and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 /// The live policy, sorted by container id (unknown entries last).
@@ -64,6 +67,7 @@ pub fn collect(config: &Config) -> Result<Vec<PolicyEntry>, Error> {
             revoked: record.revoked.clone(),
             allowed: None,
             denied: None,
+            refused: record.refused.clone(),
         });
     }
     let maps = match Maps::open(&config.bpf_dir) {
@@ -91,6 +95,7 @@ pub fn collect(config: &Config) -> Result<Vec<PolicyEntry>, Error> {
                 grants: p.grants,
                 allowed: Some(p.allowed),
                 denied: Some(p.denied),
+                refused: None,
             }),
         }
     }
@@ -136,6 +141,9 @@ pub fn table(entries: &[PolicyEntry]) -> String {
         ));
         if !e.revoked.is_empty() {
             lines.push(format!("{:<24} revoked {}", "", list(&e.revoked)));
+        }
+        if let Some(refused) = &e.refused {
+            lines.push(format!("{:<24} refused {refused}", ""));
         }
         for cg in &e.cgroups {
             lines.push(format!("{:<24} cgroup {}", "", cg.display()));

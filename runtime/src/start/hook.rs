@@ -66,7 +66,7 @@ pub fn create_runtime(config: &Config, view: HostView, state: &State) -> Result<
     let bundle = state.bundle();
     let spec = Spec::read(bundle)?;
     let host = view.devices?;
-    let names = Names::of(&spec, &host.classes())?;
+    let names = Names::of(&spec, &host.classes(), config.env_requests)?;
     let treatment = names.treatment(config.confine_unnamed);
     if treatment == Treatment::PassThrough {
         return Ok(());
@@ -132,6 +132,7 @@ pub fn create_runtime(config: &Config, view: HostView, state: &State) -> Result<
         enforced,
         revoked: Vec::new(),
         confined: treatment == Treatment::Confine,
+        refused: names.refused.clone(),
     };
     let result = state::write(&config.state_dir, &record)
         .map_err(Error::from)
@@ -155,6 +156,9 @@ pub fn create_runtime(config: &Config, view: HostView, state: &State) -> Result<
         let _ = isolation::release(config, &record.enforced, &record.grants);
         let _ = state::remove(&config.state_dir, &record.id);
         return Err(e);
+    }
+    if let Some(refused) = &record.refused {
+        tracing::warn!(id = state.id(), refused, "NPU request refused");
     }
     tracing::info!(
         id = state.id(),

@@ -8,12 +8,17 @@
 //! `c *:*`, `c M:*`) names nothing, and neither does a node listed without its own rule
 //! (privileged containers get every host node listed). A container that names nothing but
 //! whose spec could reach an NPU class is confined: it gets the hook and no grant.
+//!
+//! The variables count only as far as `env_requests` lets them (a Kubernetes pod writes its
+//! own environment). A container whose variables do not count is confined to what its exact
+//! entries name, and its record says what was refused.
 use std::collections::BTreeSet;
 
 use crate::{
+    node::config::EnvRequests,
     node::rules::{Access, DeviceClass, Grant, RuleEntry, effective},
     start::{
-        request::{Request, RequestError},
+        request::{CDI_NPU_PREFIX, Request, RequestError, VISIBLE_DEVICES},
         spec::{Spec, SpecError},
     },
 };
@@ -28,6 +33,8 @@ pub struct Names {
     /// Whether the spec could reach an NPU-class node: a rule allowing read or write on one of
     /// its classes, or such a node in `linux.devices`.
     pub reaches: bool,
+    /// Request variables that did not count (`env_requests`), and why, for the record.
+    pub refused: Option<String>,
 }
 
 /// What the runtime does with a container.
@@ -50,9 +57,42 @@ pub enum NamesError {
 }
 
 impl Names {
-    /// Reads the names from `spec`; `classes` are the host's NPU classes.
-    pub fn of(spec: &Spec, classes: &BTreeSet<DeviceClass>) -> Result<Self, NamesError> {
-        let request = Request::from_env(&spec.env()?)?;
+    /// Reads the names from `spec`; `classes` are the host's NPU classes, `env_requests` whose
+    /// request variables count.
+    pub fn of(
+        spec: &Spec,
+        classes: &BTreeSet<DeviceClass>,
+        env_requests: EnvRequests,
+    ) -> Result<Self, NamesError> {
+        let env = spec.env()?;
+        let cap_sys_admin = spec.has_cap_sys_admin();
+        let (request, refused) = if env_requests.honours(cap_sys_admin) {
+            (Request::from_env(&env)?, None)
+        } else {
+            // Not parsed: a variable that does not count cannot fail the container either.
+            let asked: Vec<&str> = env
+                .iter()
+                .map(String::as_str)
+                .filter(|e| {
+                    e.split_once('=').is_some_and(|(k, v)| {
+                        (k == VISIBLE_DEVICES || k.starts_with(CDI_NPU_PREFIX))
+                            && !matches!(v, "" | "void")
+                    })
+                })
+                .collect();
+            let why = match env_requests {
+                EnvRequests::Privileged => "counts only for containers with CAP_SYS_ADMIN",
+                _ => "counts for no container",
+            };
+            let refused = (!asked.is_empty()).then(|| {
+                format!(
+                    "{} (env_requests = \"{}\": the variable {why})",
+                    asked.join(" "),
+                    env_requests.as_str()
+                )
+            });
+            (None, refused)
+        };
         let rules = spec.device_rules()?;
         let devices = spec.devices();
         let mut exact: Vec<Grant> = devices
@@ -86,13 +126,16 @@ impl Names {
             request,
             exact,
             reaches: listed || reaches_a_class(&rules, classes),
+            refused,
         })
     }
 
+    /// A container whose request was refused is confined whatever `confine_unnamed` says: it
+    /// asked for NPUs, and its record shows the refusal.
     pub fn treatment(&self, confine_unnamed: bool) -> Treatment {
         if self.request.is_some() || !self.exact.is_empty() {
             Treatment::Grant
-        } else if self.reaches && confine_unnamed {
+        } else if self.refused.is_some() || (self.reaches && confine_unnamed) {
             Treatment::Confine
         } else {
             Treatment::PassThrough
@@ -131,7 +174,7 @@ mod tests {
                "resources": {{"devices": [{rules}]}}}}}}"#
         );
         let spec = Spec::parse(text.as_bytes(), "config.json".into()).unwrap();
-        Names::of(&spec, &classes()).unwrap()
+        Names::of(&spec, &classes(), EnvRequests::All).unwrap()
     }
 
     const DAVINCI3: &str = r#"{"path": "/dev/davinci3", "type": "c", "major": 240, "minor": 3}"#;
@@ -217,10 +260,61 @@ mod tests {
         let text = r#"{"linux": {"resources": {"devices": [{"allow": true, "type": "x"}]}}}"#;
         // (Access letters other than rwm are runc's to ignore: {"access": "rwa"} is rw.)
         let spec = Spec::parse(text.as_bytes(), "/b/config.json".into()).unwrap();
-        let e = Names::of(&spec, &classes()).unwrap_err().to_string();
+        let e = Names::of(&spec, &classes(), EnvRequests::All)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("/b/config.json") && e.contains("invalid device rule"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn env_requests_decide_whose_variables_count() {
+        let spec = |caps: &str, env: &str| {
+            let text = format!(
+                r#"{{"process": {{"env": [{env}], "capabilities": {{"bounding": [{caps}]}}}},
+                   "linux": {{"devices": [{DAVINCI3}], "resources": {{"devices": [{DENY_ALL},
+                   {{"allow": true, "type": "c", "major": 240, "minor": 3, "access": "rw"}}]}}}}}}"#
+            );
+            Spec::parse(text.as_bytes(), "config.json".into()).unwrap()
+        };
+        let request = r#""ASCEND_VISIBLE_DEVICES=0,1", "ASCEND_CDI_NPU_2=2""#;
+        let admin = r#""CAP_CHOWN", "CAP_SYS_ADMIN""#;
+        for (policy, caps, counts) in [
+            (EnvRequests::All, "", true),
+            (EnvRequests::Privileged, admin, true),
+            (EnvRequests::Privileged, r#""CAP_CHOWN""#, false),
+            (EnvRequests::Never, admin, false),
+        ] {
+            let n = Names::of(&spec(caps, request), &classes(), policy).unwrap();
+            assert_eq!(n.request.is_some(), counts, "{policy:?} {caps}");
+            assert_eq!(n.refused.is_none(), counts, "{policy:?} {caps}");
+            // The exact entry (a device plugin's DeviceSpec) counts whatever the policy.
+            assert_eq!(n.exact.len(), 1, "{policy:?}");
+            assert_eq!(n.treatment(false), Treatment::Grant);
+            if let Some(refused) = n.refused {
+                assert!(
+                    refused.contains("ASCEND_VISIBLE_DEVICES=0,1")
+                        && refused.contains("ASCEND_CDI_NPU_2=2")
+                        && refused.contains(policy.as_str()),
+                    "{refused}"
+                );
+            }
+        }
+        // Refused and nothing exact: confined, even with confine_unnamed off; a malformed
+        // variable that does not count fails nothing.
+        let text = r#"{"process": {"env": ["ASCEND_VISIBLE_DEVICES=0,x"]}}"#;
+        let s = Spec::parse(text.as_bytes(), "config.json".into()).unwrap();
+        let n = Names::of(&s, &classes(), EnvRequests::Never).unwrap();
+        assert_eq!(n.treatment(false), Treatment::Confine);
+        // No variable, or an empty one: nothing refused.
+        let text = r#"{"process": {"env": ["ASCEND_VISIBLE_DEVICES="]}}"#;
+        let s = Spec::parse(text.as_bytes(), "config.json".into()).unwrap();
+        let n = Names::of(&s, &classes(), EnvRequests::Never).unwrap();
+        assert_eq!(
+            (&n.refused, n.treatment(true)),
+            (&None, Treatment::PassThrough)
         );
     }
 }

@@ -138,7 +138,18 @@ pub fn edit(config: &Config, spec: &mut Spec) -> Result<Treatment, Error> {
     if !asks && !rules.iter().any(opens) && spec.devices().is_empty() {
         return Ok(Treatment::PassThrough);
     }
-    let names = Names::of(spec, &HostDevices::npu_classes(config)?)?;
+    let names = Names::of(
+        spec,
+        &HostDevices::npu_classes(config)?,
+        config.env_requests,
+    )?;
+    if let Some(refused) = &names.refused {
+        // The engine's log is where the one who started the container looks.
+        tracing::warn!(
+            refused,
+            "NPU request refused: the container gets no NPU it asked for this way"
+        );
+    }
     let treatment = names.treatment(config.confine_unnamed);
     match (treatment, &names.request) {
         (Treatment::PassThrough, _) => {}

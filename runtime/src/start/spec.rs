@@ -193,6 +193,16 @@ impl Spec {
             })
     }
 
+    /// Whether the container has CAP_SYS_ADMIN in its bounding set: what privileged
+    /// containers (and those given SYS_ADMIN) have, and the test of `env_requests =
+    /// "privileged"` (as NVIDIA's toolkit tests it).
+    pub fn has_cap_sys_admin(&self) -> bool {
+        self.value
+            .pointer("/process/capabilities/bounding")
+            .and_then(Value::as_array)
+            .is_some_and(|caps| caps.iter().any(|c| c.as_str() == Some("CAP_SYS_ADMIN")))
+    }
+
     /// Destinations of the spec's mounts.
     pub fn mount_destinations(&self) -> Vec<String> {
         self.value
