@@ -45,6 +45,13 @@ enum Command {
         /// Print JSON instead of text
         #[arg(long)]
         json: bool,
+        /// containerd's config, for the CRI checks (the handler the kubelet's pods use)
+        #[arg(
+            long,
+            value_name = "PATH",
+            default_value = "/etc/containerd/config.toml"
+        )]
+        containerd_config: PathBuf,
     },
     /// List the NPUs and management devices found under dev_root, with major:minor
     Devices {
@@ -312,10 +319,17 @@ fn run(cli: Cli) -> Result<(), Error> {
                 print(format!("wrote {}", path.display()));
             }
         }
-        Command::Doctor { json: as_json } => {
+        Command::Doctor {
+            json: as_json,
+            containerd_config,
+        } => {
             // An untrusted config file is one of the checks, not the end of them.
             let config = Config::load_untrusted()?;
-            let checks = doctor::run(&config, &sibling("npu-container-runtime")?);
+            let checks = doctor::run(
+                &config,
+                &sibling("npu-container-runtime")?,
+                &containerd_config,
+            );
             print(if as_json {
                 json(&checks)
             } else {

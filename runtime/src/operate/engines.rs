@@ -265,6 +265,77 @@ fn table_at<'a>(
     Ok(t)
 }
 
+/// The table of containerd's CRI runtimes for config `version` (2: containerd 1.x, 3: 2.x).
+fn cri_section(version: i64, path: &Path) -> Result<&'static [&'static str], EngineError> {
+    match version {
+        2 => Ok(&["plugins", "io.containerd.grpc.v1.cri", "containerd"]),
+        3 => Ok(&["plugins", "io.containerd.cri.v1.runtime", "containerd"]),
+        other => Err(EngineError::Unexpected {
+            path: path.into(),
+            reason: format!("config version {other} is not supported (2 or 3)"),
+        }),
+    }
+}
+
+/// What containerd's config says about the CRI plugin and our handler, for `npu-ctk doctor`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct CriHandler {
+    pub version: i64,
+    /// The handler's table, as TOML names it.
+    pub section: String,
+    /// Whether `disabled_plugins` turns the CRI plugin off (Kubernetes then cannot use it).
+    pub cri_disabled: bool,
+    /// Whether the handler is there at all, its `runtime_type` and `options.BinaryName`.
+    pub registered: bool,
+    pub runtime_type: Option<String>,
+    pub binary: Option<PathBuf>,
+    /// Whether pods without a RuntimeClass run on it (`default_runtime_name`).
+    pub default: bool,
+}
+
+/// Reads the CRI view of containerd's config file `path`.
+pub fn containerd_handler(path: &Path) -> Result<CriHandler, EngineError> {
+    let text = std::fs::read_to_string(path).map_err(|source| EngineError::Read {
+        path: path.into(),
+        source,
+    })?;
+    let doc = parse_toml(&text, path)?;
+    let version = doc.get("version").and_then(|v| v.as_integer()).unwrap_or(2);
+    let keys = cri_section(version, path)?;
+    let cri_ids = [
+        "cri",
+        "io.containerd.grpc.v1.cri",
+        "io.containerd.cri.v1.runtime",
+    ];
+    let cri_disabled = doc
+        .get("disabled_plugins")
+        .and_then(Item::as_array)
+        .is_some_and(|a| {
+            a.iter()
+                .any(|p| p.as_str().is_some_and(|p| cri_ids.contains(&p)))
+        });
+    let section = keys
+        .iter()
+        .try_fold(doc.as_item(), |item, key| item.get(key));
+    let runtime = section
+        .and_then(|s| s.get("runtimes"))
+        .and_then(|r| r.get(RUNTIME_NAME));
+    let text_at = |item: Option<&Item>, key: &str| {
+        item.and_then(|i| i.get(key))
+            .and_then(Item::as_str)
+            .map(String::from)
+    };
+    Ok(CriHandler {
+        version,
+        section: format!("plugins.\"{}\".containerd.runtimes.{RUNTIME_NAME}", keys[1]),
+        cri_disabled,
+        registered: runtime.is_some(),
+        runtime_type: text_at(runtime, "runtime_type"),
+        binary: text_at(runtime.and_then(|r| r.get("options")), "BinaryName").map(PathBuf::from),
+        default: text_at(section, "default_runtime_name").as_deref() == Some(RUNTIME_NAME),
+    })
+}
+
 fn containerd(
     text: &str,
     path: &Path,
@@ -273,21 +344,32 @@ fn containerd(
 ) -> Result<Option<String>, EngineError> {
     let mut doc = parse_toml(text, path)?;
     let version = doc.get("version").and_then(|v| v.as_integer()).unwrap_or(2);
-    let cri: &[&str] = match version {
-        2 => &["plugins", "io.containerd.grpc.v1.cri", "containerd"],
-        3 => &["plugins", "io.containerd.cri.v1.runtime", "containerd"],
-        other => {
-            return Err(EngineError::Unexpected {
-                path: path.into(),
-                reason: format!("config version {other} is not supported (2 or 3)"),
-            });
-        }
-    };
+    let cri = cri_section(version, path)?;
     if add {
         if text.trim().is_empty() {
             doc.insert("version", value(version));
         }
         let section = table_at(doc.as_table_mut(), cri, path)?;
+        // The runc options pods run with today (above all SystemdCgroup, which must match the
+        // kubelet's cgroup driver) carry over to ours; what ours already has stays.
+        let base_name = section
+            .get("default_runtime_name")
+            .and_then(Item::as_str)
+            .filter(|n| *n != RUNTIME_NAME)
+            .unwrap_or("runc")
+            .to_string();
+        let inherited: Vec<(String, Item)> = section
+            .get("runtimes")
+            .and_then(|r| r.get(&base_name))
+            .and_then(|r| r.get("options"))
+            .and_then(Item::as_table_like)
+            .map(|t| {
+                t.iter()
+                    .filter(|(k, _)| *k != "BinaryName")
+                    .map(|(k, v)| (k.to_string(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
         if req.set_as_default {
             section.insert("default_runtime_name", value(RUNTIME_NAME));
         }
@@ -296,6 +378,11 @@ fn containerd(
         runtime.insert("runtime_type", value("io.containerd.runc.v2"));
         let options = table_at(runtime, &["options"], path)?;
         options.set_implicit(false);
+        for (key, item) in inherited {
+            if !options.contains_key(&key) {
+                options.insert(&key, item);
+            }
+        }
         options.insert("BinaryName", value(req.runtime_path.display().to_string()));
     } else if let Ok(section) = table_at(doc.as_table_mut(), cri, path) {
         if let Some(runtimes) = section.get_mut("runtimes").and_then(Item::as_table_mut) {
@@ -487,6 +574,69 @@ mod tests {
                 "{doc}"
             );
             assert_eq!(c["default_runtime_name"].as_str(), Some("runc"));
+        }
+    }
+
+    #[test]
+    fn containerd_handler_inherits_runcs_options() {
+        let dir = tempfile::tempdir().unwrap();
+        let (r, file) = req(Engine::Containerd, dir.path(), false, false);
+        let runc = "[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]";
+        std::fs::write(
+            &file,
+            format!(
+                "version = 2\n{runc}\n  SystemdCgroup = true\n  BinaryName = \"/usr/sbin/runc\"\n"
+            ),
+        )
+        .unwrap();
+        assert!(apply(&r, true).unwrap().changed);
+        let doc: toml::Value = toml::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        let runtimes = &doc["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"];
+        let ours = &runtimes["npu"]["options"];
+        assert_eq!(ours["SystemdCgroup"].as_bool(), Some(true), "{doc}");
+        assert_eq!(
+            ours["BinaryName"].as_str(),
+            Some("/usr/local/bin/npu-container-runtime")
+        );
+        assert_eq!(
+            runtimes["runc"]["options"]["BinaryName"].as_str(),
+            Some("/usr/sbin/runc")
+        );
+        assert!(!apply(&r, true).unwrap().changed, "idempotent");
+    }
+
+    #[test]
+    fn the_cri_handler_as_doctor_reads_it() {
+        for (version, plugin) in [
+            (2, "io.containerd.grpc.v1.cri"),
+            (3, "io.containerd.cri.v1.runtime"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let (r, path) = req(Engine::Containerd, dir.path(), true, false);
+            std::fs::write(&path, format!("version = {version}\n")).unwrap();
+            let h = containerd_handler(&path).unwrap();
+            assert!(
+                !h.registered && !h.cri_disabled && h.binary.is_none(),
+                "{h:?}"
+            );
+            apply(&r, true).unwrap();
+            assert_eq!(
+                containerd_handler(&path).unwrap(),
+                CriHandler {
+                    version,
+                    section: format!("plugins.\"{plugin}\".containerd.runtimes.npu"),
+                    cri_disabled: false,
+                    registered: true,
+                    runtime_type: Some("io.containerd.runc.v2".into()),
+                    binary: Some(r.runtime_path.into()),
+                    default: true,
+                }
+            );
+            std::fs::write(&path, "version = 2\ndisabled_plugins = [\"cri\"]\n").unwrap();
+            assert!(containerd_handler(&path).unwrap().cri_disabled);
+            std::fs::write(&path, "version = 4\n").unwrap();
+            let e = containerd_handler(&path).unwrap_err().to_string();
+            assert!(e.contains("config.toml") && e.contains("version 4"), "{e}");
         }
     }
 

@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+mod cri;
+
 use crate::{
     enforce::guard,
     node::cgroup::Layout,
@@ -333,8 +335,9 @@ fn trust_checks(config: &Config, runtime_path: &Path) -> Vec<Check> {
     out
 }
 
-/// Runs every check. `runtime_path` is the shim engines should point at.
-pub fn run(config: &Config, runtime_path: &Path) -> Vec<Check> {
+/// Runs every check. `runtime_path` is the shim engines should point at; `containerd_config`
+/// the containerd config whose CRI plugin the kubelet talks to.
+pub fn run(config: &Config, runtime_path: &Path, containerd_config: &Path) -> Vec<Check> {
     let mut out = trust_checks(config, runtime_path);
     let layout = Layout::detect();
     out.push(match &layout {
@@ -505,5 +508,6 @@ pub fn run(config: &Config, runtime_path: &Path) -> Vec<Check> {
             ),
         });
     }
+    out.extend(cri::checks(config, containerd_config));
     out
 }
