@@ -222,11 +222,25 @@ fn pods_get_exactly_the_npus_they_name() {
         .start_container(
             &pod_c,
             &ContainerSpec {
-                devices: device_specs(&host, &[4]),
+                devices: [
+                    device_specs(&host, &[4]),
+                    vec![(
+                        "/dev/davinci_manager".into(),
+                        host.node("davinci_manager").display().to_string(),
+                        "rwm".into(),
+                    )],
+                ]
+                .concat(),
                 ..Default::default()
             },
         )
         .expect("container c2");
+    let out = cri.exec(&c2, "cat /dev/davinci_manager </dev/null >/dev/null");
+    assert_eq!(
+        npu_tests::runc::errno_of(false, &out),
+        "ENXIO",
+        "c2's management node: {out}"
+    );
     assert_eq!(
         matrix(&mut cri, &host, &c1),
         expect_only(&[3], host.chips),
