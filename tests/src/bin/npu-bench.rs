@@ -1,10 +1,13 @@
 //! `cargo xtask bench`: what the runtime costs, always as a ratio to a baseline measured in
 //! the same run, with A and B runs interleaved so machine noise hits both alike.
 //!
-//! 1. Start overhead of `runc run` (busybox `true`): plain runc vs the shim with 2 NPUs and a
-//!    5-entry mount list, and the shim without a request; on this host and on pure cgroup v2.
-//!    The hook's own duration comes from its log line. Two decomposition rows: runc with the
-//!    shim's devices and rules but no hooks, and runc with two do-nothing hooks.
+//! 1. Start cost on the engine path: `create` + `start` (timed to `start`'s return), as
+//!    Docker/containerd, Podman and CRI-O call it, and `delete` timed on its own; plain runc vs
+//!    the shim with 2 NPUs and a 5-entry mount list, and the shim without a request; on pure
+//!    cgroup v2 and on this host's v1. Two decomposition rows: runc with the shim's devices
+//!    and rules but no hooks, and runc with do-nothing createRuntime and poststop hooks. Then
+//!    the same variants through `runc run` (which also times the container's life, poststop
+//!    and runc's own delete). The hook's own duration comes from its log line.
 //! 2. Guard cost per device access: open+close of a non-guarded and of a granted NPU node from
 //!    a container cgroup with runc's deny-by-default filter, without and with the guard.
 //! 3. Scale: 100 containers started concurrently, shim vs plain runc; hook time with 10, 100
@@ -52,11 +55,16 @@ fn main() {
             .unwrap_or_default()
     );
     let ns = V2Namespace::new();
-    for (place, mode) in [
+    let variants = Variants::new(&host);
+    let layouts = [
         (Place::V2(&ns), "cgroup v2"),
         (Place::Host, "host (cgroup v1)"),
-    ] {
-        start_overhead(place, mode, &host);
+    ];
+    for (place, mode) in layouts {
+        engine_path(place, mode, &host, &variants);
+    }
+    for (place, mode) in layouts {
+        start_overhead(place, mode, &host, &variants);
     }
     guard_cost(Place::V2(&ns), &host);
     scale(Place::V2(&ns), &host);
@@ -149,16 +157,10 @@ fn timed_run(
     bundle: &(PathBuf, Vec<u8>),
 ) -> Duration {
     std::fs::write(bundle.0.join("config.json"), &bundle.1).unwrap();
-    let mut cmd = place.command(runtime);
-    cmd.env(PATH_ENV, &host.config_path)
-        .arg("--root")
-        .arg(host.dir.path().join("runc-root"))
-        .args(["run", "--bundle"])
+    let mut cmd = runtime_cmd(place, runtime, host);
+    cmd.args(["run", "--bundle"])
         .arg(&bundle.0)
-        .arg(unique("bench"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .arg(unique("bench"));
     let started = Instant::now();
     let status = cmd.status().expect("runc run");
     let elapsed = started.elapsed();
@@ -186,114 +188,239 @@ fn log_len(host: &FakeHost) -> usize {
     std::fs::metadata(host.dir.path().join("runtime.log")).map_or(0, |m| m.len() as usize)
 }
 
-fn start_overhead(place: Place<'_>, mode: &str, host: &FakeHost) {
-    println!(
-        "\n## 1. start overhead, `runc run` of busybox `true`, {mode}, {ROUNDS} rounds, order rotated"
-    );
-    let dir = host.dir.path();
-    let request = ["ASCEND_VISIBLE_DEVICES=0,1", "ASCEND_RUNTIME_MOUNTS=bench"];
-    let plain = bundle(dir, &["true"], &[], |_| {});
-    let npu = bundle(dir, &["true"], &request, |_| {});
-    // The same devices and rules the shim writes, but no hooks: what runc itself spends on
-    // the NPU devices, apart from our processes.
-    let edited = run_with_input(
-        Command::new(bin("npu-container-hook"))
-            .env(PATH_ENV, &host.config_path)
-            .arg("precreate"),
-        &npu.1,
-    );
-    let devices_only = bundle(dir, &["true"], &request, |spec| {
-        let full: serde_json::Value = serde_json::from_str(&edited).unwrap();
-        spec["linux"]["devices"] = full["linux"]["devices"].clone();
-        spec["linux"]["resources"]["devices"] = full["linux"]["resources"]["devices"].clone();
-    });
-    // Two hooks that do nothing: what any hook costs, apart from our hook's work.
-    let nop = bin("nop-hook");
-    let nop_hooks = bundle(dir, &["true"], &[], |spec| {
-        let entry = serde_json::json!([{ "path": nop, "args": ["nop-hook"] }]);
-        spec["hooks"] = serde_json::json!({ "createRuntime": entry, "poststop": entry });
-    });
-    let shim = bin("npu-container-runtime");
-    let runc = PathBuf::from(run(Command::new("sh").args(["-c", "command -v runc"])).trim());
-    // Warm up caches and load the guard once (that happens once per build on a host).
-    for b in [&plain, &npu] {
-        timed_run(place, &shim, host, b);
-    }
-    let log_from = log_len(host);
-    let variants: [(&Path, &(PathBuf, Vec<u8>)); 5] = [
-        (&runc, &plain),
-        (&shim, &npu),
-        (&shim, &plain),
-        (&runc, &devices_only),
-        (&runc, &nop_hooks),
-    ];
-    let mut samples = vec![Vec::new(); variants.len()];
-    for round in 0..ROUNDS {
-        // Rotate the order so no variant always follows another's teardown.
-        for k in 0..variants.len() {
-            let i = (round + k) % variants.len();
-            let (runtime, b) = variants[i];
-            samples[i].push(timed_run(place, runtime, host, b).as_secs_f64() * 1e3);
+/// The bundles section 1 compares, each with its pristine spec.
+struct Variants {
+    plain: (PathBuf, Vec<u8>),
+    npu: (PathBuf, Vec<u8>),
+    devices_only: (PathBuf, Vec<u8>),
+    nop_hooks: (PathBuf, Vec<u8>),
+}
+
+impl Variants {
+    fn new(host: &FakeHost) -> Self {
+        let dir = host.dir.path();
+        let request = ["ASCEND_VISIBLE_DEVICES=0,1", "ASCEND_RUNTIME_MOUNTS=bench"];
+        let plain = bundle(dir, &["true"], &[], |_| {});
+        let npu = bundle(dir, &["true"], &request, |_| {});
+        // The same devices and rules the shim writes, but no hooks: what runc itself spends on
+        // the NPU devices, apart from our processes.
+        let edited = run_with_input(
+            Command::new(bin("npu-container-hook"))
+                .env(PATH_ENV, &host.config_path)
+                .arg("precreate"),
+            &npu.1,
+        );
+        let devices_only = bundle(dir, &["true"], &request, |spec| {
+            let full: serde_json::Value = serde_json::from_str(&edited).unwrap();
+            spec["linux"]["devices"] = full["linux"]["devices"].clone();
+            spec["linux"]["resources"]["devices"] = full["linux"]["resources"]["devices"].clone();
+        });
+        // Hooks that do nothing where ours run: what any hook costs, apart from our work.
+        let nop = bin("nop-hook");
+        let nop_hooks = bundle(dir, &["true"], &[], |spec| {
+            let entry = serde_json::json!([{ "path": nop, "args": ["nop-hook"] }]);
+            spec["hooks"] = serde_json::json!({ "createRuntime": entry, "poststop": entry });
+        });
+        Self {
+            plain,
+            npu,
+            devices_only,
+            nop_hooks,
         }
     }
-    let base = row("plain runc", "ms", &samples[0], None);
-    row(
-        "shim, 2 NPUs + 5 mounts (target <= 1.10)",
-        "ms",
-        &samples[1],
-        Some(base),
-    );
-    row(
-        "shim, no request (target <= 1.02)",
-        "ms",
-        &samples[2],
-        Some(base),
-    );
-    row(
-        "plain runc, same NPU devices and rules, no hooks",
-        "ms",
-        &samples[3],
-        Some(base),
-    );
-    row(
-        "plain runc + 2 do-nothing hooks (any hook's floor)",
-        "ms",
-        &samples[4],
-        Some(base),
-    );
-    // Every round runs each variant once, back to back: the median of per-round ratios also
-    // cancels the machine's slower drifts, which the ratio of medians still carries.
-    let paired = |i: usize| {
-        let ratios: Vec<f64> = samples[i]
-            .iter()
-            .zip(&samples[0])
-            .map(|(b, a)| b / a)
-            .collect();
-        stats(&ratios).median
-    };
+
+    /// (runtime, bundle) per variant, in the order of the rows: the baseline first.
+    fn list<'a>(
+        &'a self,
+        shim: &'a Path,
+        runc: &'a Path,
+    ) -> [(&'a Path, &'a (PathBuf, Vec<u8>)); 5] {
+        [
+            (runc, &self.plain),
+            (shim, &self.npu),
+            (shim, &self.plain),
+            (runc, &self.devices_only),
+            (runc, &self.nop_hooks),
+        ]
+    }
+}
+
+/// Runs `variants` for `ROUNDS` rounds, one after the other in each round with the order
+/// rotated (so no variant always follows another's teardown); `measure` returns one sample
+/// per figure. Returns samples[figure][variant].
+fn interleaved<T: Copy>(
+    variants: &[T],
+    figures: usize,
+    mut measure: impl FnMut(T) -> Vec<f64>,
+) -> Vec<Vec<Vec<f64>>> {
+    let mut samples = vec![vec![Vec::new(); variants.len()]; figures];
+    for round in 0..ROUNDS {
+        for k in 0..variants.len() {
+            let i = (round + k) % variants.len();
+            for (f, value) in measure(variants[i]).into_iter().enumerate() {
+                samples[f][i].push(value);
+            }
+        }
+    }
+    samples
+}
+
+/// The median of per-round ratios of variant `i` to the baseline (variant 0): every round
+/// runs each variant once, back to back, so this also cancels the machine's slower drifts,
+/// which the ratio of medians still carries.
+fn paired(samples: &[Vec<f64>], i: usize) -> f64 {
+    let ratios: Vec<f64> = samples[i]
+        .iter()
+        .zip(&samples[0])
+        .map(|(b, a)| b / a)
+        .collect();
+    stats(&ratios).median
+}
+
+/// Rows for the five variants of [`Variants::list`], with their paired ratios.
+fn variant_rows(samples: &[Vec<f64>], names: [&str; 5]) {
+    let base = row(names[0], "ms", &samples[0], None);
+    for (i, name) in names.iter().enumerate().skip(1) {
+        row(name, "ms", &samples[i], Some(base));
+    }
     println!(
         "  median of per-round ratios: 2 NPUs {:.3}, no request {:.3}, no hooks {:.3}, do-nothing hooks {:.3}",
-        paired(1),
-        paired(2),
-        paired(3),
-        paired(4)
+        paired(samples, 1),
+        paired(samples, 2),
+        paired(samples, 3),
+        paired(samples, 4)
     );
-    let hooks = hook_durations(host, log_from, "create-runtime");
-    let s = stats(&hooks);
+}
+
+fn hook_summary(host: &FakeHost, log_from: usize) {
+    for stage in ["create-runtime", "poststop"] {
+        let hooks = hook_durations(host, log_from, stage);
+        let s = stats(&hooks);
+        println!(
+            "  hook {stage}, in-process (n={}): median {:.2} ms, p99 {:.2} ms",
+            hooks.len(),
+            s.median,
+            s.p99
+        );
+    }
+}
+
+/// `runtime ARGS` at `place` with the host's config and a private runc root, quiet.
+fn runtime_cmd(place: Place<'_>, runtime: &Path, host: &FakeHost) -> Command {
+    let mut cmd = place.command(runtime);
+    cmd.env(PATH_ENV, &host.config_path)
+        .arg("--root")
+        .arg(host.dir.path().join("runc-root"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd
+}
+
+/// The engine path for one fresh container from `bundle` (its pristine spec restored first):
+/// `create` then `start`, timed to `start`'s return; then, once the container has exited,
+/// `delete` (its poststop hooks run there), timed on its own. Returns both, in ms.
+fn timed_engine_path(
+    place: Place<'_>,
+    runtime: &Path,
+    host: &FakeHost,
+    bundle: &(PathBuf, Vec<u8>),
+) -> Vec<f64> {
+    std::fs::write(bundle.0.join("config.json"), &bundle.1).unwrap();
+    let id = unique("bench");
+    let ok = |mut cmd: Command| assert!(cmd.status().is_ok_and(|s| s.success()), "{cmd:?} failed");
+    let mut create = runtime_cmd(place, runtime, host);
+    create.args(["create", "--bundle"]).arg(&bundle.0).arg(&id);
+    let mut start = runtime_cmd(place, runtime, host);
+    start.args(["start", &id]);
+    let started = Instant::now();
+    ok(create);
+    ok(start);
+    let start_ms = started.elapsed().as_secs_f64() * 1e3;
+    // Not timed: wait for `true` to exit, asking plain runc.
+    loop {
+        let out = place
+            .command("runc")
+            .arg("--root")
+            .arg(host.dir.path().join("runc-root"))
+            .args(["state", &id])
+            .output()
+            .expect("runc state");
+        let state: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if state["status"] == "stopped" {
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let mut delete = runtime_cmd(place, runtime, host);
+    delete.args(["delete", &id]);
+    let deleted = Instant::now();
+    ok(delete);
+    vec![start_ms, deleted.elapsed().as_secs_f64() * 1e3]
+}
+
+fn engine_path(place: Place<'_>, mode: &str, host: &FakeHost, variants: &Variants) {
     println!(
-        "  hook create-runtime, in-process (n={}): median {:.2} ms, p99 {:.2} ms",
-        hooks.len(),
-        s.median,
-        s.p99
+        "\n## 1. engine path: `create` + `start` of busybox `true`, then `delete`, {mode}, {ROUNDS} rounds, order rotated"
     );
-    let posts = hook_durations(host, log_from, "poststop");
-    let s = stats(&posts);
+    let shim = bin("npu-container-runtime");
+    let runc = PathBuf::from(run(Command::new("sh").args(["-c", "command -v runc"])).trim());
+    let list = variants.list(&shim, &runc);
+    // Warm up caches and load the guard once (that happens once per build on a host).
+    for (runtime, b) in &list[..2] {
+        timed_engine_path(place, runtime, host, b);
+    }
+    let log_from = log_len(host);
+    let samples = interleaved(&list, 2, |(runtime, b)| {
+        timed_engine_path(place, runtime, host, b)
+    });
+    println!("  create + start, to start's return:");
+    variant_rows(
+        &samples[0],
+        [
+            "plain runc",
+            "shim, 2 NPUs + 5 mounts (target <= 1.05)",
+            "shim, no request (target <= 1.01)",
+            "plain runc, same NPU devices and rules, no hooks",
+            "plain runc + do-nothing createRuntime hook",
+        ],
+    );
+    println!("  delete of the exited container:");
+    variant_rows(
+        &samples[1],
+        [
+            "plain runc",
+            "shim, 2 NPUs (our poststop runs; target <= 1.10)",
+            "shim, no request",
+            "plain runc, same NPU devices and rules, no hooks",
+            "plain runc + do-nothing poststop hook",
+        ],
+    );
+    hook_summary(host, log_from);
+}
+
+fn start_overhead(place: Place<'_>, mode: &str, host: &FakeHost, variants: &Variants) {
     println!(
-        "  hook poststop, in-process (n={}): median {:.2} ms, p99 {:.2} ms",
-        posts.len(),
-        s.median,
-        s.p99
+        "\n## 1b. `runc run` of busybox `true` (start, life, poststop, delete), {mode}, {ROUNDS} rounds, order rotated"
     );
+    let shim = bin("npu-container-runtime");
+    let runc = PathBuf::from(run(Command::new("sh").args(["-c", "command -v runc"])).trim());
+    let list = variants.list(&shim, &runc);
+    let log_from = log_len(host);
+    let samples = interleaved(&list, 1, |(runtime, b)| {
+        vec![timed_run(place, runtime, host, b).as_secs_f64() * 1e3]
+    });
+    variant_rows(
+        &samples[0],
+        [
+            "plain runc",
+            "shim, 2 NPUs + 5 mounts",
+            "shim, no request",
+            "plain runc, same NPU devices and rules, no hooks",
+            "plain runc + do-nothing createRuntime and poststop hooks",
+        ],
+    );
+    hook_summary(host, log_from);
 }
 
 fn run_with_input(cmd: &mut Command, input: &[u8]) -> String {
