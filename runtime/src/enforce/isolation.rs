@@ -121,7 +121,8 @@ fn enforce_v1(
 ) -> Result<(), IsolationError> {
     // Wildcard rules are re-expressed for every class with a driver or a node on this host.
     let mut known = registered_majors(
-        &std::fs::read_to_string("/proc/devices").map_err(IsolationError::ProcDevices)?,
+        &crate::node::pseudo::read_to_string("/proc/devices".as_ref())
+            .map_err(IsolationError::ProcDevices)?,
     );
     known.extend(host.other_classes.iter().copied());
     let state = v1::read_list(dir)?;

@@ -219,7 +219,8 @@ pub fn apply(
 
 pub fn read_list(dir: &Path) -> Result<ListState, V1Error> {
     let path = dir.join("devices.list");
-    let text = std::fs::read_to_string(&path).map_err(|source| V1Error::Read { path, source })?;
+    let text = crate::node::pseudo::read_to_string(&path)
+        .map_err(|source| V1Error::Read { path, source })?;
     ListState::parse(&text)
 }
 

@@ -102,10 +102,15 @@ pub fn create_runtime(config: &Config, view: HostView, state: &State) -> Result<
             &request.mount_lists,
             request.mount_lists_explicit,
         )?;
+        let mut checked = mounts::CheckedDirs::new();
         for path in &paths {
-            if let Some(p) =
-                mounts::prepare(&config.driver_root, path, request.allow_link, mount_api)?
-            {
+            if let Some(p) = mounts::prepare(
+                &config.driver_root,
+                path,
+                request.allow_link,
+                mount_api,
+                &mut checked,
+            )? {
                 prepared.push(p);
             }
         }

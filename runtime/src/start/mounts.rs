@@ -233,6 +233,11 @@ enum Source {
     Path { host: PathBuf, allow_link: bool },
 }
 
+/// Directories below `driver_root` already found root-owned and not world-writable in this
+/// run: a mount list names many files in the same few directories, and each would otherwise
+/// cost an `lstat` of every directory above it again.
+pub type CheckedDirs = std::collections::BTreeSet<PathBuf>;
+
 /// Checks the host source of `path` (under `driver_root`) and, where the kernel can, makes its
 /// detached bind mount. `Ok(None)`: the source does not exist (logged and skipped).
 pub fn prepare(
@@ -240,6 +245,7 @@ pub fn prepare(
     path: &Path,
     allow_link: bool,
     api: MountApi,
+    checked: &mut CheckedDirs,
 ) -> Result<Option<Prepared>, MountError> {
     let rel = path.strip_prefix("/").unwrap_or(path);
     let host = driver_root.join(rel);
@@ -257,9 +263,10 @@ pub fn prepare(
     };
     // Every directory from driver_root down must be root-owned and not world-writable, or
     // someone else could swap what we mount.
+    // A directory checked before had every one above it checked too.
     let mut dir = host.parent();
     while let Some(d) = dir {
-        if !d.starts_with(driver_root) || d == driver_root {
+        if !d.starts_with(driver_root) || d == driver_root || checked.contains(d) {
             break;
         }
         let m = std::fs::symlink_metadata(d).map_err(io("inspect", d))?;
@@ -269,6 +276,12 @@ pub fn prepare(
         })?;
         dir = d.parent();
     }
+    checked.extend(
+        host.ancestors()
+            .skip(1)
+            .take_while(|d| d.starts_with(driver_root) && *d != driver_root)
+            .map(Path::to_path_buf),
+    );
     let is_link = meta.file_type().is_symlink();
     if is_link {
         if !allow_link {
@@ -642,9 +655,15 @@ pub fn self_test(api: MountApi) -> Result<(), String> {
             .map_err(|e| format!("cannot chmod {}: {e}", d.display()))?;
     }
     std::fs::write(lib.join("probe"), "npu\n").map_err(|e| format!("cannot write: {e}"))?;
-    let prepared = prepare(&driver, Path::new("/lib"), false, api)
-        .map_err(|e| e.to_string())?
-        .ok_or("the test source vanished")?;
+    let prepared = prepare(
+        &driver,
+        Path::new("/lib"),
+        false,
+        api,
+        &mut CheckedDirs::new(),
+    )
+    .map_err(|e| e.to_string())?
+    .ok_or("the test source vanished")?;
     let root = Root::open(&rootfs).map_err(|e| format!("cannot open the test root: {e}"))?;
     attach(&root, prepared).map_err(|e| e.to_string())?;
     let target = rootfs.join("lib");

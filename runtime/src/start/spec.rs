@@ -58,7 +58,13 @@ impl Spec {
         };
         let mut bytes = Vec::new();
         std::fs::File::open(&path)
-            .and_then(|f| f.take(MAX_SPEC_BYTES + 1).read_to_end(&mut bytes))
+            .and_then(|f| {
+                // `take` hides the file's size from `read_to_end`, which would then read a
+                // 4 KiB spec in nine growing probes: size the buffer from the file.
+                let size = f.metadata()?.len().min(MAX_SPEC_BYTES + 1);
+                bytes.reserve_exact(size as usize + 1);
+                f.take(MAX_SPEC_BYTES + 1).read_to_end(&mut bytes)
+            })
             .map_err(read_error)?;
         if bytes.len() as u64 > MAX_SPEC_BYTES {
             return Err(SpecError::Invalid {

@@ -360,7 +360,7 @@ pub fn parse_proc_cgroup(text: &str) -> Result<Vec<ProcCgroup>, String> {
 }
 
 fn read(path: &Path) -> Result<String, CgroupError> {
-    std::fs::read_to_string(path).map_err(|source| CgroupError::Read {
+    crate::node::pseudo::read_to_string(path).map_err(|source| CgroupError::Read {
         path: path.into(),
         source,
     })
