@@ -100,6 +100,51 @@ pub fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `npu-ctk monitor --json EXTRA` at `place` with `host`'s config while `during` runs (started
+/// once the monitor says it listens; stopped with Ctrl-C 1.5 s after, past its rescan):
+/// every line it printed, parsed, and the whole text.
+pub fn monitor_events(
+    place: cgroups::Place<'_>,
+    host: &FakeHost,
+    extra: &[&str],
+    during: impl FnOnce(),
+) -> (Vec<serde_json::Value>, String) {
+    use std::io::{BufRead, Read};
+    let mut monitor = place
+        .command(bin("npu-ctk"))
+        .env(npu_runtime::node::config::PATH_ENV, &host.config_path)
+        .args(["monitor", "--json"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("npu-ctk monitor");
+    let mut listening = String::new();
+    std::io::BufReader::new(monitor.stderr.take().unwrap())
+        .read_line(&mut listening)
+        .unwrap();
+    during();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(monitor.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let mut out = String::new();
+    monitor
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let _ = monitor.wait();
+    let events = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    (events, format!("{listening}{out}"))
+}
+
 /// Runs `npu-ctk` with `host`'s configuration; returns success and stdout + stderr.
 pub fn npu_ctk(host: &FakeHost, args: &[&str]) -> (bool, String) {
     let out = Command::new(bin("npu-ctk"))

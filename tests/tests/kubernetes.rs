@@ -12,13 +12,7 @@
 //!
 //! Privileged containers run on `vm-runc` below the shim: this VM's root lacks
 //! CAP_SYS_RESOURCE, which runc would otherwise fail to give them (DESIGN 6).
-use std::{
-    collections::BTreeSet,
-    io::{BufRead, BufReader, Read},
-    path::Path,
-    process::Stdio,
-    time::Duration,
-};
+use std::{collections::BTreeSet, path::Path};
 
 use k8s_cri::v1::LinuxContainerResources;
 use npu_runtime::node::config::PATH_ENV;
@@ -500,45 +494,16 @@ fn env_requests_privileged_counts_only_what_a_pod_cannot_forge() {
     assert!(out.contains("\"refused\""), "{out}");
 
     // The monitor says why the pod was denied the chip it set.
-    let mut monitor = place
-        .command(bin("npu-ctk"))
-        .env(PATH_ENV, &host.config_path)
-        .args(["monitor", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    // Its first line on stderr says it is listening.
-    BufReader::new(monitor.stderr.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let _ = matrix(&mut cri, &host, &forged);
-    std::thread::sleep(Duration::from_millis(1500));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(monitor.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    let mut out = String::new();
-    monitor
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    let _ = monitor.wait();
-    let events: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let (events, out) = npu_tests::monitor_events(place, &host, &[], || {
+        let _ = matrix(&mut cri, &host, &forged);
+    });
     assert!(
         events.iter().any(|e| e["container"] == forged.as_str()
             && e["npu"] == 0
             && e["refused"]
                 .as_str()
                 .is_some_and(|r| r.contains("ASCEND_VISIBLE_DEVICES=0"))),
-        "{line}{out}"
+        "{out}"
     );
 
     // The same pod with the chips as a device plugin's DeviceSpecs gets exactly those.

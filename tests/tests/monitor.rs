@@ -161,38 +161,11 @@ fn verbose_adds_the_guards_log_lines() {
     }
     let host = FakeHost::new(2);
     let a = start_npu(Place::Host, &host, "1").expect("a");
-    let mut monitor = Command::new(bin("npu-ctk"))
-        .env(PATH_ENV, &host.config_path)
-        .args(["monitor", "--json", "--verbose"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(monitor.stderr.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let (_, out) = a.sh("cat /dev/davinci1 </dev/null");
-    assert!(out.contains("No such device or address"), "{out}");
-    open_npu(&a, &host, 0, 2);
-    std::thread::sleep(Duration::from_millis(1500));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(monitor.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    let mut out = String::new();
-    monitor
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    let _ = monitor.wait();
-    let lines: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let (lines, out) = npu_tests::monitor_events(Place::Host, &host, &["--verbose"], || {
+        let (_, out) = a.sh("cat /dev/davinci1 </dev/null");
+        assert!(out.contains("No such device or address"), "{out}");
+        open_npu(&a, &host, 0, 2);
+    });
     let logs: Vec<&serde_json::Value> = lines.iter().filter(|l| l.get("log").is_some()).collect();
     let cgroup_id = lines
         .iter()

@@ -5,10 +5,8 @@
 //! (dockerd in a private namespace) and this VM's hybrid layout (the guard on the unified
 //! tree, next to the v1 devices controller).
 use std::{
-    io::{BufRead, BufReader, Read},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
-    time::Duration,
+    process::Command,
 };
 
 use npu_runtime::node::config::PATH_ENV;
@@ -136,44 +134,16 @@ fn docker_containers_started_around_the_runtime_open_no_npu() {
         assert_eq!(v[0].2, "ENXIO", "{mode}: outside the guarded parent");
 
         // The monitor names the bypassing container and says how it was started.
-        let mut monitor = place
-            .command(bin("npu-ctk"))
-            .env(PATH_ENV, &host.config_path)
-            .args(["monitor", "--json"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(monitor.stderr.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let _ = d.output(&[
-            "exec",
-            &bypass,
-            "sh",
-            "-c",
-            "mknod /tmp/x c 1 1; cat /dev/null",
-        ]);
-        let _ = matrix(&bypass);
-        std::thread::sleep(Duration::from_millis(1500));
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(monitor.id() as i32),
-            nix::sys::signal::Signal::SIGINT,
-        )
-        .unwrap();
-        let mut out = String::new();
-        monitor
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
-        let _ = monitor.wait();
-        let events: Vec<serde_json::Value> = out
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let (events, _) = npu_tests::monitor_events(place, &host, &[], || {
+            let _ = d.output(&[
+                "exec",
+                &bypass,
+                "sh",
+                "-c",
+                "mknod /tmp/x c 1 1; cat /dev/null",
+            ]);
+            let _ = matrix(&bypass);
+        });
         assert!(!events.is_empty(), "{mode}: no denial reported");
         for e in &events {
             assert_eq!(e["container"], bypass.as_str(), "{mode}: {e}");
