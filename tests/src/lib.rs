@@ -147,7 +147,13 @@ pub fn monitor_events(
 
 /// Runs `npu-ctk` with `host`'s configuration; returns success and stdout + stderr.
 pub fn npu_ctk(host: &FakeHost, args: &[&str]) -> (bool, String) {
-    let out = Command::new(bin("npu-ctk"))
+    npu_ctk_at(cgroups::Place::Host, host, args)
+}
+
+/// [`npu_ctk`] run at `place` (inside the pure-v2 namespace, or on the host).
+pub fn npu_ctk_at(place: cgroups::Place<'_>, host: &FakeHost, args: &[&str]) -> (bool, String) {
+    let out = place
+        .command(bin("npu-ctk"))
         .env(npu_runtime::node::config::PATH_ENV, &host.config_path)
         .args(args)
         .output()

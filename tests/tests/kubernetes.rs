@@ -15,7 +15,6 @@
 use std::{collections::BTreeSet, path::Path};
 
 use k8s_cri::v1::LinuxContainerResources;
-use npu_runtime::node::config::PATH_ENV;
 use npu_tests::{
     bin,
     cgroups::{Place, V2Namespace},
@@ -45,17 +44,8 @@ fn host_with(chips: u32, extra: &str) -> FakeHost {
     host
 }
 
-/// `npu-ctk ARGS` at `place` with `host`'s config: success and stdout + stderr.
 fn ctk(place: Place<'_>, host: &FakeHost, args: &[&str]) -> (bool, String) {
-    let out = place
-        .command(bin("npu-ctk"))
-        .env(PATH_ENV, &host.config_path)
-        .args(args)
-        .output()
-        .unwrap();
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
+    npu_tests::npu_ctk_at(place, host, args)
 }
 
 fn has_record(host: &FakeHost, id: &str) -> bool {

@@ -25,17 +25,8 @@ fn can_run() -> bool {
     require_root() && require_tools(&["dockerd", "docker", "bpftool", "busybox", "nsenter", "runc"])
 }
 
-/// `npu-ctk ARGS` at `place` with `host`'s config: success and stdout + stderr.
 fn ctk(place: Place<'_>, host: &FakeHost, args: &[&str]) -> (bool, String) {
-    let out = place
-        .command(bin("npu-ctk"))
-        .env(PATH_ENV, &host.config_path)
-        .args(args)
-        .output()
-        .unwrap();
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
+    npu_tests::npu_ctk_at(place, host, args)
 }
 
 /// The ids of the device programs attached to `dir` (a cgroup as the host sees it) named

@@ -19,14 +19,15 @@ fn fail(e: &Error) -> ! {
     std::process::exit(1)
 }
 
-fn exec(runtime: &PathBuf, args: &[OsString]) -> ! {
+/// Replaces this process with the runtime; returns only why that could not be done.
+fn exec(runtime: &PathBuf, args: &[OsString]) -> Error {
     // Evaluated only when debug logging is on (`cargo xtask bench` reads it).
     tracing::debug!(vm_hwm_kib = logging::peak_rss_kib(), runtime = %runtime.display(), "exec runtime");
     let e = Command::new(runtime).args(args).exec();
-    fail(&Error::Exec {
+    Error::Exec {
         path: runtime.clone(),
         source: e,
-    })
+    }
 }
 
 fn main() {
@@ -78,7 +79,7 @@ fn main() {
             std::process::exit(status.code().unwrap_or(1))
         }
         // A help request is the runtime's to answer: no bundle is involved.
-        Some("create" | "run") if parsed.help => exec(&runtime, &args),
+        Some("create" | "run") if parsed.help => logged_fail(&exec(&runtime, &args)),
         Some("create" | "run") => {
             let bundle = parsed
                 .bundle
@@ -87,7 +88,7 @@ fn main() {
             if let Err(e) = shim::prepare_bundle(&config, &bundle) {
                 fail(&e)
             }
-            exec(&runtime, &args)
+            logged_fail(&exec(&runtime, &args))
         }
         Some("update") => {
             let status = Command::new(&runtime)
@@ -107,12 +108,6 @@ fn main() {
             }
             std::process::exit(status.code().unwrap_or(1))
         }
-        _ => {
-            let e = Command::new(&runtime).args(&args).exec();
-            logged_fail(&Error::Exec {
-                path: runtime.clone(),
-                source: e,
-            })
-        }
+        _ => logged_fail(&exec(&runtime, &args)),
     }
 }
