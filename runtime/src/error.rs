@@ -52,6 +52,8 @@ pub enum Error {
     Engine(#[from] crate::operate::engines::EngineError),
     #[error(transparent)]
     Hooks(#[from] crate::operate::hooksd::HooksError),
+    #[error(transparent)]
+    Manual(#[from] crate::operate::manual::ManualError),
     #[error("no NPU container {0:?} is known (see npu-ctk policy show)")]
     UnknownContainer(String),
     #[error(

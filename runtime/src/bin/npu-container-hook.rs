@@ -74,8 +74,12 @@ fn run_stage(stage: &str, config: &Config) -> Result<(), Error> {
 
 fn main() {
     let stage = std::env::args().nth(1).unwrap_or_default();
-    if !["create-runtime", "prestart", "poststop", "precreate"].contains(&stage.as_str()) {
-        eprintln!("usage: {NAME} create-runtime|poststop|precreate (OCI state or spec on stdin)");
+    if !hook::STAGES.iter().any(|(name, _)| *name == stage) {
+        let stages: Vec<&str> = hook::STAGES.iter().map(|(name, _)| *name).collect();
+        eprintln!(
+            "usage: {NAME} {} (OCI state or spec on stdin)",
+            stages.join("|")
+        );
         std::process::exit(2);
     }
     if let Err(e) = run(&stage) {

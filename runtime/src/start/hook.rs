@@ -24,6 +24,27 @@ use crate::{
     start::spec::Spec,
 };
 
+/// The stages `npu-container-hook` serves (its one argument), with what each does.
+pub const STAGES: [(&str, &str); 4] = [
+    (
+        "create-runtime",
+        "mount the driver into the container, enforce its NPU grant and record it (OCI state \
+         on stdin)",
+    ),
+    (
+        "prestart",
+        "the same as create-runtime, for runtimes without the createRuntime stage",
+    ),
+    (
+        "poststop",
+        "remove the container's grants and record (OCI state on stdin); always exits 0",
+    ),
+    (
+        "precreate",
+        "Podman's precreate stage: the spec on stdin, the spec with the NPU grant on stdout",
+    ),
+];
+
 /// Parses the state the runtime writes on a hook's stdin.
 pub fn parse_state(input: &[u8]) -> Result<State, Error> {
     serde_json::from_slice(input).map_err(|e| Error::BadState(e.to_string()))
