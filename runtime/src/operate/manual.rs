@@ -294,8 +294,6 @@ mod tests {
         assert!(!configure.contains(".SH SUBCOMMANDS"), "{configure}");
         let guard = std::fs::read_to_string(dir.path().join("npu-ctk-guard.1")).unwrap();
         assert!(guard.contains(r"npu\-ctk\-guard\-install(1)"), "{guard}");
-        let guard = std::fs::read_to_string(dir.path().join("npu-ctk-guard.1")).unwrap();
-        assert!(guard.contains("npu\\-ctk\\-guard\\-install(1)"), "{guard}");
         let shim = std::fs::read_to_string(dir.path().join("npu-container-runtime.1")).unwrap();
         assert!(shim.contains(".SH ENVIRONMENT"), "{shim}");
         assert!(!shim.contains(".SH SUBCOMMANDS"), "{shim}");
