@@ -1,9 +1,10 @@
-//! Developer tasks: `cargo xtask setup | test | demo | bench`.
+//! Developer tasks: `cargo xtask setup | test | demo | bench | package`.
 //!
 //! `setup` installs, idempotently, everything the build and the tests need that cargo does not
 //! fetch by itself: Debian packages (runc, bpftool, ...), the nightly `rust-src` component and
 //! `bpf-linker` built against the nightly's own LLVM (DESIGN.md section 5). `test` and `demo`
 //! run `setup` first, so each is a single command on a fresh machine.
+mod package;
 mod runc_suite;
 mod setup;
 
@@ -16,7 +17,12 @@ fn main() -> ExitCode {
         Some("test") => setup::all().and_then(|()| test(&args[1..])),
         Some("demo") => setup::all().and_then(|()| release_binary("npu-demo")),
         Some("bench") => setup::all().and_then(|()| release_binary("npu-bench")),
-        _ => Err("usage: cargo xtask setup | test [cargo test args] | demo | bench".into()),
+        Some("package") => setup::all().and_then(|()| package::command(&args[1..])),
+        _ => Err(
+            "usage: cargo xtask setup | test [cargo test args] | demo | bench | package \
+             [--version V]"
+                .into(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -47,15 +53,17 @@ fn cargo() -> Command {
     cmd
 }
 
+/// Cargo's target directory.
+fn target_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        std::path::PathBuf::from,
+    )
+}
+
 /// The release directory of [`release_build`].
 fn release_dir(target: &str) -> std::path::PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(
-            || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
-            std::path::PathBuf::from,
-        )
-        .join(target)
-        .join("release")
+    target_dir().join(target).join("release")
 }
 
 /// Release build of every binary, linked statically against musl. The shim and the hook are

@@ -20,7 +20,14 @@ const PACKAGES: &[&str] = &[
     "cpio",              // packs the guests' initramfs
     "protobuf-compiler", // protoc, for the Kubernetes suite's CRI client (k8s-cri)
     "procps",            // pgrep, finding the CRI suite's containerd-shims
+    "binutils",          // strip, for the packages' binaries
+    "lintian",           // checks the .deb
+    "rpm",               // reads the .rpm's metadata and file list
+    "man-db",            // man -w, finding the installed package's pages
 ];
+
+/// The packaging tools `cargo xtask package` runs: (crate and cargo subcommand, version).
+const CARGO_TOOLS: [(&str, &str); 2] = [("cargo-deb", "3.8.0"), ("cargo-generate-rpm", "0.21.1")];
 
 /// Where the kernel suite's kernels are kept (tests/src/qemu.rs reads the same default).
 pub const KERNEL_CACHE: &str = "/var/cache/npu-tests/kernels";
@@ -41,6 +48,7 @@ pub fn all() -> Result {
     rust_src()?;
     bpf_linker()?;
     musl_target()?;
+    cargo_tools()?;
     kernels()?;
     crate::runc_suite::prepare()?;
     Ok(())
@@ -228,6 +236,24 @@ pub fn path_with_cargo_bin() -> std::ffi::OsString {
         paths.extend(std::env::split_paths(&path).filter(|p| *p != bin));
     }
     std::env::join_paths(paths).unwrap_or_default()
+}
+
+/// Installs each of [`CARGO_TOOLS`] unless that version is there.
+fn cargo_tools() -> Result {
+    for (name, version) in CARGO_TOOLS {
+        let subcommand = name.trim_start_matches("cargo-");
+        let have = Command::new(cargo_bin().join(name))
+            .args([subcommand, "--version"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(version));
+        if !have {
+            eprintln!("xtask: installing {name} {version}");
+            run(Command::new("cargo")
+                .args(["install", "--locked", name, "--version", version])
+                .env("PATH", path_with_cargo_bin()))?;
+        }
+    }
+    Ok(())
 }
 
 fn bpf_linker() -> Result {

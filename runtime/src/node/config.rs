@@ -298,6 +298,34 @@ mod tests {
         assert_eq!(parse("").unwrap(), Config::default());
     }
 
+    /// The packages' conffile: as shipped it is the defaults, and so is every value its
+    /// comments show (`log_file` has no default: its line is an example).
+    #[test]
+    fn packaged_config_shows_the_defaults() {
+        let shipped = include_str!("../../../deploy/package/config.toml");
+        assert_eq!(parse(shipped).unwrap(), Config::default());
+        let mut shown = 0;
+        let uncommented: String = shipped
+            .lines()
+            .filter_map(|line| line.strip_prefix('#'))
+            .filter(|line| {
+                line.split_once(" = ").is_some_and(|(key, _)| {
+                    key.bytes().all(|b| b == b'_' || b.is_ascii_lowercase())
+                })
+            })
+            .filter(|line| !line.starts_with("log_file "))
+            .inspect(|_| shown += 1)
+            .map(|line| format!("{line}\n"))
+            .collect();
+        assert_eq!(
+            parse(&uncommented).unwrap(),
+            Config::default(),
+            "{uncommented}"
+        );
+        // Every one of the 14 keys but log_file is shown.
+        assert_eq!(shown, 13, "{uncommented}");
+    }
+
     #[test]
     fn keys_override_defaults() {
         let c = parse(
