@@ -35,13 +35,24 @@ impl Dockerd {
             .arg(&daemon_json)
             .arg("--runtime-path")
             .arg(&wrapper));
+        Self::start_configured(place, dir, &daemon_json, flags)
+    }
+
+    /// Starts dockerd at `place` with a daemon.json already written (e.g. by an installed
+    /// npu-ctk), keeping its state in `dir`.
+    pub fn start_configured(
+        place: Place<'_>,
+        dir: PathBuf,
+        daemon_json: &Path,
+        flags: &[&str],
+    ) -> Self {
         let parents = ParentCgroups::snapshot("docker");
         let socket = dir.join("docker.sock");
         let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
         let child = place
             .command("dockerd")
             .arg("--config-file")
-            .arg(&daemon_json)
+            .arg(daemon_json)
             .arg("--data-root")
             .arg(dir.join("data"))
             .arg("--exec-root")

@@ -92,6 +92,12 @@ const PARALLEL_SUITES: [(&str, &str); 2] = [
     ),
 ];
 
+/// The test that installs the .deb on this machine: (test target, test name).
+const LAST_SUITE: (&str, &str) = (
+    "packages",
+    "package_installs_runs_upgrades_and_purges_cleanly",
+);
+
 /// Formatting, lints, then every test (unit, kernel-level and end-to-end suites). The slow
 /// suites run in parallel with the rest, from the same build.
 fn test(extra: &[String]) -> Result {
@@ -105,9 +111,18 @@ fn test(extra: &[String]) -> Result {
         .env("PATH", setup::path_with_cargo_bin()))?;
     // The kernel suite boots the static release binaries.
     let release = release_build()?;
+    // The package suite installs these; the second is the same build one version later.
+    let packages = package::build(None, None)?;
+    let upgrade = package::build(
+        Some(&format!("{}+1", env!("CARGO_PKG_VERSION"))),
+        Some(&target_dir().join("upgrade")),
+    )?;
     let env = [
         ("NPU_RELEASE_DIR", release.into_os_string()),
         ("NPU_TEST_KERNELS", setup::KERNEL_CACHE.into()),
+        ("NPU_PACKAGE_DEB", packages.deb.into_os_string()),
+        ("NPU_PACKAGE_RPM", packages.rpm.into_os_string()),
+        ("NPU_PACKAGE_DEB_UPGRADE", upgrade.deb.into_os_string()),
     ];
     let mut build = cargo();
     build.args([
@@ -157,7 +172,7 @@ fn test(extra: &[String]) -> Result {
         .args(extra)
         .envs(env.iter().cloned())
         .arg("--");
-    for (_, name) in PARALLEL_SUITES {
+    for (_, name) in PARALLEL_SUITES.into_iter().chain([LAST_SUITE]) {
         main.args(["--skip", name]);
     }
     let result = run(&mut main);
@@ -178,6 +193,11 @@ fn test(extra: &[String]) -> Result {
         }
     }
     result?;
+    // Alone, after everything: it installs the package, changing /usr/bin and /etc.
+    let (target, name) = LAST_SUITE;
+    run(Command::new(test_executable(&built.stdout, target)?)
+        .arg(name)
+        .envs(env.iter().cloned()))?;
     if failed.is_empty() {
         Ok(())
     } else {
