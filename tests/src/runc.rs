@@ -297,3 +297,34 @@ pub fn device_entry(host: &FakeHost, spec: &mut serde_json::Value, i: u32) {
                             "access": "rwm"}),
     );
 }
+
+/// The body of the wrapper binaries (`npu-request-runc`, `vm-runc`), called exactly as runc
+/// is: on `create` and `run`, `edit` may change the bundle's spec (written back when it
+/// returns true); then `runtime` is exec'd with the same argv. A missing or unreadable spec is
+/// left for the runtime to report.
+pub fn edit_spec_then_exec(
+    name: &str,
+    runtime: &Path,
+    edit: impl FnOnce(&mut serde_json::Value) -> bool,
+) -> ! {
+    use std::os::unix::process::CommandExt;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let parsed = npu_runtime::start::args::RuncArgs::parse(&args);
+    if matches!(parsed.command.as_deref(), Some("create" | "run")) && !parsed.help {
+        let bundle = parsed
+            .bundle
+            .clone()
+            .unwrap_or_else(|| std::env::current_dir().unwrap_or_default());
+        let path = bundle.join("config.json");
+        if let Ok(text) = std::fs::read(&path)
+            && let Ok(mut spec) = serde_json::from_slice::<serde_json::Value>(&text)
+            && edit(&mut spec)
+        {
+            std::fs::write(&path, serde_json::to_vec_pretty(&spec).unwrap())
+                .unwrap_or_else(|e| panic!("{name}: cannot write {}: {e}", path.display()));
+        }
+    }
+    let err = Command::new(runtime).args(&args).exec();
+    eprintln!("{name}: cannot run {}: {err}", runtime.display());
+    std::process::exit(127)
+}
