@@ -54,6 +54,8 @@ pub enum Error {
     Hooks(#[from] crate::operate::hooksd::HooksError),
     #[error(transparent)]
     Manual(#[from] crate::operate::manual::ManualError),
+    #[error("no device profile {0:?} (see npu-ctk profiles)")]
+    UnknownProfile(String),
     #[error("no NPU container {0:?} is known (see npu-ctk policy show)")]
     UnknownContainer(String),
     #[error(

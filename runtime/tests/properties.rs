@@ -10,6 +10,12 @@ use npu_runtime::{
 };
 use proptest::prelude::*;
 
+fn ascend() -> npu_runtime::node::profile::Profile {
+    npu_runtime::node::config::Config::default()
+        .profiles()
+        .remove(0)
+}
+
 const CASES: u32 = 4000;
 
 fn env(pairs: &[(&str, &str)]) -> Vec<String> {
@@ -49,7 +55,7 @@ proptest! {
             ("ASCEND_RUNTIME_MOUNTS", &mounts),
             ("ASCEND_ALLOW_LINK", &link),
         ]);
-        if let Ok(Some(r)) = Request::from_env(&e) {
+        if let Ok(Some(r)) = Request::from_env(&e, &ascend()) {
             if let Selection::Indices(v) = &r.devices {
                 prop_assert!(!v.is_empty());
                 prop_assert!(v.windows(2).all(|w| w[0] < w[1]));
@@ -64,7 +70,7 @@ proptest! {
     /// Request-shaped text built from digits, commas, dashes and names: no panic either.
     #[test]
     fn request_like_text_never_panics(devices in "[0-9,\\- a-zA-Z]{0,30}") {
-        let _ = Request::from_env(&env(&[("ASCEND_VISIBLE_DEVICES", &devices)]));
+        let _ = Request::from_env(&env(&[("ASCEND_VISIBLE_DEVICES", &devices)]), &ascend());
     }
 
     /// Any set of indices, written with ranges and shuffled duplicates, parses back to itself.
@@ -74,7 +80,7 @@ proptest! {
         for i in set.iter().take(dup) {
             text.push_str(&format!(",{i}"));
         }
-        let r = Request::from_env(&env(&[("ASCEND_VISIBLE_DEVICES", &text)])).unwrap().unwrap();
+        let r = Request::from_env(&env(&[("ASCEND_VISIBLE_DEVICES", &text)]), &ascend()).unwrap().unwrap();
         prop_assert_eq!(r.devices, Selection::Indices(set.into_iter().collect()));
     }
 

@@ -12,13 +12,21 @@ use crate::{run, unique};
 
 /// Char majors free on this host (not in /proc/devices), from the local/experimental range.
 pub fn free_char_majors(n: usize) -> Vec<u32> {
+    free_char_majors_except(n, &[])
+}
+
+/// Like [`free_char_majors`], skipping `taken` (majors a fake host uses already).
+pub fn free_char_majors_except(n: usize, taken: &[u32]) -> Vec<u32> {
     let used: BTreeSet<u32> =
         registered_majors(&std::fs::read_to_string("/proc/devices").expect("read /proc/devices"))
             .into_iter()
             .filter(|c| c.dev_type.letter() == 'c')
             .map(|c| c.major)
             .collect();
-    let free: Vec<u32> = (234..=254).filter(|m| !used.contains(m)).take(n).collect();
+    let free: Vec<u32> = (234..=254)
+        .filter(|m| !used.contains(m) && !taken.contains(m))
+        .take(n)
+        .collect();
     assert_eq!(
         free.len(),
         n,
@@ -43,6 +51,8 @@ pub struct FakeHost {
     /// Major of the virtual NPUs `vdavinci0..chips`.
     pub virtual_major: u32,
     pub chips: u32,
+    /// Other accelerator families added with [`FakeHost::add_family`].
+    pub families: Vec<Family>,
 }
 
 impl FakeHost {
@@ -126,6 +136,7 @@ impl FakeHost {
             other_major,
             virtual_major,
             chips,
+            families: Vec::new(),
         }
     }
 
@@ -171,6 +182,104 @@ impl FakeHost {
             ids.insert(e["formatted"]["key"]["cgroup_id"].as_u64().unwrap());
         }
         ids
+    }
+}
+
+/// Another accelerator family's fake nodes on a [`FakeHost`] (a device profile's).
+#[derive(Debug, Clone)]
+pub struct Family {
+    /// Chip nodes are `<prefix>0..chips`.
+    pub prefix: String,
+    pub chips: u32,
+    pub chip_major: u32,
+    /// Major of the family's management nodes (minors in the order given).
+    pub mgmt_major: u32,
+}
+
+impl FakeHost {
+    /// Adds `chips` nodes `<prefix>N` and the `management` nodes, with majors no driver and no
+    /// other family of this host owns, and a driver file listed in `<list>.list` when `list`
+    /// is given (the family's default mount list).
+    pub fn add_family(
+        &mut self,
+        prefix: &str,
+        chips: u32,
+        management: &[&str],
+        list: Option<&str>,
+    ) -> Family {
+        let [chip_major, mgmt_major] = free_char_majors_except(
+            2,
+            &[
+                self.chip_major,
+                self.mgmt_major,
+                self.other_major,
+                self.virtual_major,
+            ]
+            .into_iter()
+            .chain(
+                self.families
+                    .iter()
+                    .flat_map(|f| [f.chip_major, f.mgmt_major]),
+            )
+            .collect::<Vec<_>>(),
+        )[..] else {
+            unreachable!()
+        };
+        let mknod = |name: &str, major: u32, minor: u32| {
+            nix::sys::stat::mknod(
+                &self.dev_root.join(name),
+                nix::sys::stat::SFlag::S_IFCHR,
+                nix::sys::stat::Mode::from_bits_truncate(0o666),
+                nix::sys::stat::makedev(major.into(), minor.into()),
+            )
+            .unwrap_or_else(|e| panic!("mknod {name}: {e}"));
+        };
+        for i in 0..chips {
+            mknod(&format!("{prefix}{i}"), chip_major, i);
+        }
+        for (minor, name) in management.iter().enumerate() {
+            mknod(name, mgmt_major, minor as u32);
+        }
+        if let Some(list) = list {
+            let dir = self.dir.path().join(format!("driver/usr/local/{prefix}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("version"), format!("{prefix} driver 1.0\n")).unwrap();
+            std::fs::write(
+                self.dir.path().join(format!("mounts.d/{list}.list")),
+                format!("/usr/local/{prefix}/version\n"),
+            )
+            .unwrap();
+        }
+        let family = Family {
+            prefix: prefix.into(),
+            chips,
+            chip_major,
+            mgmt_major,
+        };
+        self.families.push(family.clone());
+        family
+    }
+
+    /// Removes the Ascend nodes (chips, virtual chips, management nodes): a host of other
+    /// families only.
+    pub fn remove_ascend(&self) {
+        for entry in std::fs::read_dir(&self.dev_root).unwrap().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let ascend = name.starts_with("davinci")
+                || name.starts_with("vdavinci")
+                || ["devmm_svm", "hisi_hdc"].contains(&name.as_str());
+            if ascend {
+                std::fs::remove_file(entry.path()).unwrap();
+            }
+        }
+    }
+
+    /// Appends `text` (e.g. a `[profiles.NAME]` table) to the configuration file and reloads it.
+    pub fn append_config(&mut self, text: &str) {
+        let mut config = std::fs::read_to_string(&self.config_path).unwrap();
+        config.push_str(text);
+        std::fs::write(&self.config_path, config).unwrap();
+        self.config = Config::from_file(&self.config_path).expect("test config");
     }
 }
 

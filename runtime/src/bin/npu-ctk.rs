@@ -11,7 +11,7 @@ use npu_runtime::{
             CdiCommand, Cli, Command, DeviceCommand, GuardCommand, HookCommand, PolicyCommand,
             RuntimeCommand,
         },
-        devices, doctor, engines, gc, hooksd, live, manual, monitor, node_guard, policy,
+        devices, doctor, engines, gc, hooksd, live, manual, monitor, node_guard, policy, profiles,
     },
     start::shim,
 };
@@ -83,6 +83,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             command:
                 CdiCommand::Generate {
                     output,
+                    profile,
                     vendor_class,
                     hook_path,
                 },
@@ -92,7 +93,13 @@ fn run(cli: Cli) -> Result<(), Error> {
                 Some(p) => p,
                 None => sibling(shim::HOOK_BINARY)?,
             };
-            let spec = cdi::generate(&config, &vendor_class, &hook, &shim::hook_env())?;
+            let spec = cdi::generate(
+                &config,
+                &profile,
+                vendor_class.as_deref(),
+                &hook,
+                &shim::hook_env(),
+            )?;
             match output {
                 Some(path) => {
                     std::fs::write(&path, json(&spec) + "\n").map_err(|source| Error::Stdio {
@@ -106,11 +113,25 @@ fn run(cli: Cli) -> Result<(), Error> {
         }
         Command::Device { command } => {
             let config = load_config()?;
-            let (id, npu, allow) = match command {
-                DeviceCommand::Revoke { container, npu } => (container, npu, false),
-                DeviceCommand::Restore { container, npu } => (container, npu, true),
+            let (id, npu, profile, allow) = match command {
+                DeviceCommand::Revoke {
+                    container,
+                    npu,
+                    profile,
+                } => (container, npu, profile, false),
+                DeviceCommand::Restore {
+                    container,
+                    npu,
+                    profile,
+                } => (container, npu, profile, true),
             };
-            print(live::set_npu(&config, &id, npu, allow)?.report(&id, npu, allow));
+            let change = live::set_npu(&config, &id, &profile, npu, allow)?;
+            let word = config
+                .profiles()
+                .into_iter()
+                .find(|p| p.name == profile)
+                .map_or_else(|| "NPU".into(), |p| p.device_word);
+            print(change.report(&id, &word, npu, allow));
         }
         Command::Hook {
             command:
@@ -155,6 +176,14 @@ fn run(cli: Cli) -> Result<(), Error> {
                 "npu-ctk",
                 &mut std::io::stdout(),
             );
+        }
+        Command::Profiles { json: as_json } => {
+            let found = profiles::Listing::discover(&load_config()?)?;
+            print(if as_json {
+                json(&found.json())
+            } else {
+                found.table()
+            });
         }
         Command::Devices { json: as_json } => {
             let listing = devices::Listing::discover(&load_config()?)?;

@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::node::trust::{self, TrustError};
+use crate::node::{
+    profile::{self, Profile, ProfileConfig},
+    trust::{self, TrustError},
+};
 
 /// Default location of the configuration file.
 pub const DEFAULT_PATH: &str = "/etc/npu-container-runtime/config.toml";
@@ -57,6 +60,8 @@ pub struct Config {
     /// Whose request variables count: on Kubernetes a pod writes its own environment, so
     /// there the device plugin's exact device entries should be the authority.
     pub env_requests: EnvRequests,
+    /// More device profiles (`[profiles.NAME]`); one named `kunlun` replaces the built-in.
+    pub profiles: std::collections::BTreeMap<String, ProfileConfig>,
 }
 
 /// Which containers' request variables (`ASCEND_VISIBLE_DEVICES`, `ASCEND_CDI_NPU_<N>`) are
@@ -151,6 +156,7 @@ impl Default for Config {
             .map(String::from)
             .to_vec(),
             env_requests: EnvRequests::All,
+            profiles: Default::default(),
         }
     }
 }
@@ -177,6 +183,34 @@ impl Config {
                 Ok(()) => Self::from_file(Path::new(DEFAULT_PATH)),
             },
         }
+    }
+
+    /// The device profiles, in order: `ascend` (the top-level keys), `kunlun` (built in, unless
+    /// a table replaces it), then the configured ones by name. Checked when the file is
+    /// parsed, so this cannot fail on a loaded configuration.
+    pub fn profiles(&self) -> Vec<Profile> {
+        self.resolve_profiles()
+            .expect("profiles are checked when the configuration is parsed")
+    }
+
+    fn resolve_profiles(&self) -> Result<Vec<Profile>, String> {
+        let mut out = vec![Profile::ascend(
+            &self.chip_pattern,
+            &self.management_devices,
+            &self.optional_management_devices,
+        )];
+        if !self.profiles.contains_key("kunlun") {
+            out.push(Profile::kunlun());
+        }
+        for (name, table) in &self.profiles {
+            out.push(
+                table
+                    .profile(name)
+                    .map_err(|e| format!("[profiles.{name}]: {e}"))?,
+            );
+        }
+        profile::check_distinct(&out)?;
+        Ok(out)
     }
 
     /// The path [`Config::load`] reads (the variable's, else the default).
@@ -256,15 +290,9 @@ impl Config {
                 &config.optional_management_devices,
             ),
         ] {
-            if let Some(bad) = names
-                .iter()
-                .find(|n| n.is_empty() || n.contains('/') || *n == "." || *n == "..")
-            {
-                return Err(invalid(format!(
-                    "key `{key}`: {bad:?} is not a device name under dev_root"
-                )));
-            }
+            profile::check_device_names(key, names).map_err(invalid)?;
         }
+        config.resolve_profiles().map_err(invalid)?;
         Ok(config)
     }
 }
@@ -298,6 +326,48 @@ mod tests {
         assert_eq!(parse("").unwrap(), Config::default());
     }
 
+    #[test]
+    fn profiles_from_the_file() {
+        let names =
+            |c: &Config| -> Vec<String> { c.profiles().into_iter().map(|p| p.name).collect() };
+        assert_eq!(names(&Config::default()), ["ascend", "kunlun"]);
+        let acme = "[profiles.acme]\nrequest_env = \"ACME_VISIBLE_DEVICES\"\n\
+                    chip_pattern = \"acme[0-9]*\"\n";
+        assert_eq!(names(&parse(acme).unwrap()), ["ascend", "kunlun", "acme"]);
+        // A table named kunlun replaces the built-in.
+        let c =
+            parse("[profiles.kunlun]\nrequest_env = \"XPU_VISIBLE\"\nchip_pattern = \"x[0-9]*\"\n")
+                .unwrap();
+        assert_eq!(names(&c), ["ascend", "kunlun"]);
+        assert_eq!(c.profiles()[1].request_env, "XPU_VISIBLE");
+        // The top-level keys are Ascend's.
+        let c = parse("chip_pattern = \"npu[0-9]*\"").unwrap();
+        assert_eq!(
+            c.profiles()[0].virtual_pattern.as_deref(),
+            Some("vnpu[0-9]*")
+        );
+        for (text, words) in [
+            (
+                "[profiles.acme]\nrequest_env = \"CXPU_VISIBLE_DEVICES\"\nchip_pattern = \"a*\"",
+                &["CXPU_VISIBLE_DEVICES", "kunlun", "acme"][..],
+            ),
+            ("[profiles.acme]\nchip_pattern = \"a*\"", &["request_env"]),
+            (
+                "[profiles.ascend]\nrequest_env = \"A\"\nchip_pattern = \"a*\"",
+                &["[profiles.ascend]", "top-level keys"],
+            ),
+            (
+                "[profiles.acme]\nrequest_env = \"A\"\nchip_pattern = \"a*\"\ncolour = 1",
+                &["colour"],
+            ),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            for w in words {
+                assert!(e.contains(w) && e.contains("/etc/test.toml"), "{text}: {e}");
+            }
+        }
+    }
+
     /// The packages' conffile: as shipped it is the defaults, and so is every value its
     /// comments show (`log_file` has no default: its line is an example).
     #[test]
@@ -322,7 +392,8 @@ mod tests {
             Config::default(),
             "{uncommented}"
         );
-        // Every one of the 14 keys but log_file is shown.
+        // Every one of the 15 keys is shown but log_file and the profiles table (whose
+        // example is written `# key = value`, so it stays a comment here).
         assert_eq!(shown, 13, "{uncommented}");
     }
 

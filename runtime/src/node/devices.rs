@@ -1,8 +1,9 @@
 //! Host device discovery and the device model shared by both enforcement backends.
 //!
-//! The host's NPU nodes (chips, virtual chips, management devices) are found by `lstat` under
-//! `dev_root`, never by following links. Their (type, major) pairs form the *guarded classes*:
-//! inside an NPU container every node of a guarded class is denied unless granted.
+//! The host's accelerator nodes (per device profile: chips, virtual chips, management devices)
+//! are found by `lstat` under `dev_root`, never by following links. Their (type, major) pairs
+//! form the *guarded classes*: inside a container we confine, every node of a guarded class
+//! (of any profile) is denied unless granted.
 use std::{
     collections::{BTreeMap, BTreeSet},
     os::unix::fs::{FileTypeExt, MetadataExt},
@@ -11,6 +12,7 @@ use std::{
 
 use crate::node::{
     config::Config,
+    profile::Profile,
     rules::{Access, DevType, DeviceClass, Grant},
 };
 
@@ -25,15 +27,12 @@ pub enum DeviceError {
     Pattern { pattern: String, message: String },
     #[error("{kind} {index} does not exist on this host ({kind}s found: {found})")]
     NoSuchChip {
-        kind: &'static str,
+        kind: String,
         index: u32,
         found: String,
     },
     #[error("all {kind}s were requested, but this host has none under {dev_root}")]
-    NoChips {
-        kind: &'static str,
-        dev_root: PathBuf,
-    },
+    NoChips { kind: String, dev_root: PathBuf },
     #[error("required management device {path} is missing")]
     MissingManagement { path: PathBuf },
 }
@@ -105,33 +104,69 @@ impl DeviceNode {
     }
 }
 
-/// The NPU-related nodes of this host.
-#[derive(Debug, Clone, Default)]
-pub struct HostDevices {
-    /// NPU chips by index (`davinciN`).
+/// One profile's nodes on this host.
+#[derive(Debug, Clone)]
+pub struct FamilyDevices {
+    pub profile: Profile,
+    /// Chips by index (`davinciN`).
     pub chips: BTreeMap<u32, DeviceNode>,
-    /// Virtual NPUs by index (`vdavinciN`), given with the `VIRTUAL` option.
+    /// Virtual chips by index (`vdavinciN`), given with the `VIRTUAL` option.
     pub virtual_chips: BTreeMap<u32, DeviceNode>,
     /// Management nodes present on the host, required then optional, in config order.
     pub management: Vec<DeviceNode>,
     /// Required management nodes that are absent.
     pub missing_management: Vec<PathBuf>,
+}
+
+/// The accelerator nodes of this host, per profile.
+#[derive(Debug, Clone, Default)]
+pub struct HostDevices {
+    /// One per profile, in the configuration's order (`ascend` first).
+    pub families: Vec<FamilyDevices>,
     /// Every node under `dev_root` whose class is guarded (includes all of the above).
     pub guarded_nodes: Vec<DeviceNode>,
     /// Classes of the other nodes under `dev_root`.
     pub other_classes: BTreeSet<DeviceClass>,
 }
 
-impl HostDevices {
-    /// Scans `config.dev_root` (one level, no symlinks followed).
-    pub fn discover(config: &Config) -> Result<Self, DeviceError> {
-        let pattern_error = |e: glob::PatternError| DeviceError::Pattern {
-            pattern: config.chip_pattern.clone(),
-            message: e.to_string(),
+/// A profile's node patterns, compiled.
+struct Patterns {
+    chip: glob::Pattern,
+    virtual_chip: Option<glob::Pattern>,
+}
+
+impl Patterns {
+    fn of(profile: &Profile) -> Result<Self, DeviceError> {
+        let compile = |p: &str| {
+            glob::Pattern::new(p).map_err(|e| DeviceError::Pattern {
+                pattern: p.to_string(),
+                message: e.to_string(),
+            })
         };
-        let chip = glob::Pattern::new(&config.chip_pattern).map_err(pattern_error)?;
-        let virtual_chip =
-            glob::Pattern::new(&format!("v{}", config.chip_pattern)).map_err(pattern_error)?;
+        Ok(Self {
+            chip: compile(&profile.chip_pattern)?,
+            virtual_chip: profile
+                .virtual_pattern
+                .as_deref()
+                .map(compile)
+                .transpose()?,
+        })
+    }
+
+    fn virtual_index(&self, name: &str) -> Option<u32> {
+        self.virtual_chip.as_ref().and_then(|p| chip_index(name, p))
+    }
+}
+
+impl HostDevices {
+    /// Scans `config.dev_root` (one level, no symlinks followed). A node belongs to the first
+    /// profile whose pattern or management names it matches.
+    pub fn discover(config: &Config) -> Result<Self, DeviceError> {
+        let profiles = config.profiles();
+        let patterns = profiles
+            .iter()
+            .map(Patterns::of)
+            .collect::<Result<Vec<_>, _>>()?;
         let dev_root = &config.dev_root;
         let read_dir_error = |source| DeviceError::ReadDir {
             path: dev_root.clone(),
@@ -148,26 +183,53 @@ impl HostDevices {
         }
         all.sort_by(|a, b| a.name.cmp(&b.name));
 
-        let mut host = Self::default();
+        let mut families: Vec<FamilyDevices> = profiles
+            .into_iter()
+            .map(|profile| FamilyDevices {
+                profile,
+                chips: BTreeMap::new(),
+                virtual_chips: BTreeMap::new(),
+                management: Vec::new(),
+                missing_management: Vec::new(),
+            })
+            .collect();
+        let mut placed = Vec::new();
         for node in &all {
-            if let Some(index) = chip_index(&node.name, &chip) {
-                host.chips.insert(index, node.clone());
-            } else if let Some(index) = chip_index(&node.name, &virtual_chip) {
-                host.virtual_chips.insert(index, node.clone());
+            let chip = patterns.iter().enumerate().find_map(|(i, p)| {
+                chip_index(&node.name, &p.chip)
+                    .map(|index| (i, index, false))
+                    .or_else(|| p.virtual_index(&node.name).map(|index| (i, index, true)))
+            });
+            if let Some(found) = chip {
+                placed.push((found, node.clone()));
+            }
+        }
+        for ((family, index, is_virtual), node) in placed {
+            let f = &mut families[family];
+            if is_virtual {
+                f.virtual_chips.insert(index, node);
+            } else {
+                f.chips.insert(index, node);
             }
         }
         let by_name = |name: &str| all.iter().find(|n| n.name == name);
-        for name in &config.management_devices {
-            match by_name(name) {
-                Some(node) => host.management.push(node.clone()),
-                None => host.missing_management.push(dev_root.join(name)),
+        for f in &mut families {
+            for name in &f.profile.management_devices {
+                match by_name(name) {
+                    Some(node) => f.management.push(node.clone()),
+                    None => f.missing_management.push(dev_root.join(name)),
+                }
+            }
+            for name in &f.profile.optional_management_devices {
+                if let Some(node) = by_name(name) {
+                    f.management.push(node.clone());
+                }
             }
         }
-        for name in &config.optional_management_devices {
-            if let Some(node) = by_name(name) {
-                host.management.push(node.clone());
-            }
-        }
+        let mut host = Self {
+            families,
+            ..Self::default()
+        };
         let classes = host.classes();
         let (guarded, others): (Vec<_>, Vec<_>) =
             all.into_iter().partition(|n| classes.contains(&n.class()));
@@ -177,16 +239,14 @@ impl HostDevices {
     }
 
     /// The guarded classes only, found the cheap way: of the names under `dev_root`, only
-    /// those that can be NPU nodes (the chip patterns, the management names) are inspected.
-    /// Containers that name no NPU are checked against these on every start.
+    /// those that can be accelerator nodes (a profile's patterns, its management names) are
+    /// inspected. Containers that name no device are checked against these on every start.
     pub fn npu_classes(config: &Config) -> Result<BTreeSet<DeviceClass>, DeviceError> {
-        let pattern_error = |e: glob::PatternError| DeviceError::Pattern {
-            pattern: config.chip_pattern.clone(),
-            message: e.to_string(),
-        };
-        let chip = glob::Pattern::new(&config.chip_pattern).map_err(pattern_error)?;
-        let virtual_chip =
-            glob::Pattern::new(&format!("v{}", config.chip_pattern)).map_err(pattern_error)?;
+        let profiles = config.profiles();
+        let patterns = profiles
+            .iter()
+            .map(Patterns::of)
+            .collect::<Result<Vec<_>, _>>()?;
         let read_dir_error = |source| DeviceError::ReadDir {
             path: config.dev_root.clone(),
             source,
@@ -198,18 +258,45 @@ impl HostDevices {
             let Some(name) = name.to_str() else {
                 continue;
             };
-            let npu = chip_index(name, &chip).is_some()
-                || chip_index(name, &virtual_chip).is_some()
-                || config.management_devices.iter().any(|m| m == name)
-                || config.optional_management_devices.iter().any(|m| m == name);
-            if npu && let Ok(Some(node)) = DeviceNode::stat(&entry.path()) {
+            let accelerator = patterns
+                .iter()
+                .any(|p| chip_index(name, &p.chip).is_some() || p.virtual_index(name).is_some())
+                || profiles.iter().any(|p| {
+                    p.management_devices.iter().any(|m| m == name)
+                        || p.optional_management_devices.iter().any(|m| m == name)
+                });
+            if accelerator && let Ok(Some(node)) = DeviceNode::stat(&entry.path()) {
                 classes.insert(node.class());
             }
         }
         Ok(classes)
     }
 
-    /// The guarded classes: (type, major) of every NPU-related node.
+    /// The guarded classes: (type, major) of every node of every profile.
+    pub fn classes(&self) -> BTreeSet<DeviceClass> {
+        self.families
+            .iter()
+            .flat_map(FamilyDevices::classes)
+            .collect()
+    }
+
+    /// The family of profile `name`.
+    pub fn family(&self, name: &str) -> Option<&FamilyDevices> {
+        self.families.iter().find(|f| f.profile.name == name)
+    }
+
+    /// The families with a node on this host.
+    pub fn active(&self) -> impl Iterator<Item = &FamilyDevices> {
+        self.families.iter().filter(|f| f.is_active())
+    }
+}
+
+impl FamilyDevices {
+    /// Whether any of this profile's nodes is on the host.
+    pub fn is_active(&self) -> bool {
+        !(self.chips.is_empty() && self.virtual_chips.is_empty() && self.management.is_empty())
+    }
+
     pub fn classes(&self) -> BTreeSet<DeviceClass> {
         self.chips
             .values()
@@ -220,19 +307,20 @@ impl HostDevices {
     }
 
     /// The nodes a container gets for `indices` (`None`: every chip), with the management
-    /// nodes, as they appear inside the container. With `virtual_devices`, host `vdavinciN`
-    /// nodes are used and appear as `davinciN`. Fails naming an unknown index (and the ones
-    /// that exist) or a missing required management node.
+    /// nodes, as they appear inside the container. With `virtual_devices`, the virtual chips
+    /// are used and appear under their chip's name. Fails naming an unknown index (and the
+    /// ones that exist) or a missing required management node.
     pub fn select(
         &self,
         indices: Option<&[u32]>,
         virtual_devices: bool,
         dev_root: &Path,
     ) -> Result<Vec<ContainerDevice>, DeviceError> {
+        let word = &self.profile.device_word;
         let (chips, kind) = if virtual_devices {
-            (&self.virtual_chips, "virtual NPU")
+            (&self.virtual_chips, format!("virtual {word}"))
         } else {
-            (&self.chips, "NPU")
+            (&self.chips, word.clone())
         };
         let all: Vec<u32>;
         let indices = match indices {
@@ -251,14 +339,18 @@ impl HostDevices {
         let mut out = Vec::with_capacity(indices.len() + self.management.len());
         for &index in indices {
             let node = chips.get(&index).ok_or_else(|| DeviceError::NoSuchChip {
-                kind,
+                kind: kind.clone(),
                 index,
                 found: describe_indices(chips),
             })?;
             // Named like the physical chip inside the container, whatever its host name.
-            let name = node.name.strip_prefix('v').filter(|_| virtual_devices);
+            let name = if virtual_devices {
+                self.profile.chip_name(index)
+            } else {
+                node.name.clone()
+            };
             out.push(ContainerDevice {
-                container_path: Path::new("/dev").join(name.unwrap_or(&node.name)),
+                container_path: Path::new("/dev").join(name),
                 node: node.clone(),
             });
         }
@@ -284,6 +376,16 @@ impl HostDevices {
     /// `0-3,5`-style summary of the chip indices found, or `none`.
     pub fn describe_chips(&self) -> String {
         describe_indices(&self.chips)
+    }
+
+    /// The index of `node` if it is one of this family's chips or virtual chips.
+    pub fn index_of(&self, dev_type: DevType, major: u32, minor: u32) -> Option<u32> {
+        let is = |n: &DeviceNode| (n.dev_type, n.major, n.minor) == (dev_type, major, minor);
+        self.chips
+            .iter()
+            .chain(&self.virtual_chips)
+            .find(|(_, n)| is(n))
+            .map(|(i, _)| *i)
     }
 }
 
@@ -378,8 +480,18 @@ mod tests {
         }
     }
 
-    fn host() -> HostDevices {
-        let mut h = HostDevices::default();
+    fn empty() -> FamilyDevices {
+        FamilyDevices {
+            profile: Config::default().profiles().remove(0),
+            chips: BTreeMap::new(),
+            virtual_chips: BTreeMap::new(),
+            management: Vec::new(),
+            missing_management: Vec::new(),
+        }
+    }
+
+    fn host() -> FamilyDevices {
+        let mut h = empty();
         for i in [0, 1, 2, 3, 5] {
             h.chips.insert(i, node(&format!("davinci{i}"), 240, i));
         }
@@ -415,7 +527,7 @@ mod tests {
     fn unknown_chip_names_existing_ones() {
         let e = host().grants_for(&[4]).unwrap_err().to_string();
         assert!(e.contains("NPU 4") && e.contains("0-3,5"), "{e}");
-        assert_eq!(HostDevices::default().describe_chips(), "none");
+        assert_eq!(empty().describe_chips(), "none");
     }
 
     #[test]
@@ -447,7 +559,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("virtual NPU 1") && e.contains("found: 7"), "{e}");
-        let e = HostDevices::default()
+        let e = empty()
             .select(None, false, Path::new("/x"))
             .unwrap_err()
             .to_string();

@@ -3,6 +3,7 @@ pub mod cgroup;
 pub mod config;
 pub mod devices;
 pub mod logging;
+pub mod profile;
 pub mod pseudo;
 pub mod rules;
 pub mod state;

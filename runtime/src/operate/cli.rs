@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::operate::{cdi, engines::Engine};
+use crate::operate::engines::Engine;
 
 #[derive(Parser)]
 #[command(
@@ -89,6 +89,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The device profiles (accelerator families) and what this host has of each
+    Profiles {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completion { shell: clap_complete::Shell },
     /// Write the man pages of npu-ctk (one per command, as `npu-ctk-guard.1`),
@@ -149,14 +155,18 @@ pub enum HookCommand {
 
 #[derive(Subcommand)]
 pub enum CdiCommand {
-    /// Write a CDI spec for this host's NPUs (one device per index, and "all")
+    /// Write a CDI spec for this host's devices of one profile (one device per index, and
+    /// "all")
     Generate {
         /// Where to write it (default: standard output); e.g. /etc/cdi/ascend.json
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
-        /// The CDI kind
-        #[arg(long, default_value = cdi::DEFAULT_KIND)]
-        vendor_class: String,
+        /// The device profile whose devices the spec lists
+        #[arg(long, value_name = "NAME", default_value = "ascend")]
+        profile: String,
+        /// The CDI kind (default: the profile's, e.g. ascend.com/npu, kunlunxin.com/xpu)
+        #[arg(long)]
+        vendor_class: Option<String>,
         /// Path of npu-container-hook (default: next to npu-ctk)
         #[arg(long, value_name = "PATH")]
         hook_path: Option<PathBuf>,
@@ -167,9 +177,21 @@ pub enum CdiCommand {
 pub enum DeviceCommand {
     /// Deny the container NPU N from its next open or mknod on (file descriptors it already
     /// holds stay open: no device cgroup can revoke those)
-    Revoke { container: String, npu: u32 },
+    Revoke {
+        container: String,
+        npu: u32,
+        /// The device profile of chip N
+        #[arg(long, value_name = "NAME", default_value = "ascend")]
+        profile: String,
+    },
     /// Give back an NPU the container was originally granted
-    Restore { container: String, npu: u32 },
+    Restore {
+        container: String,
+        npu: u32,
+        /// The device profile of chip N
+        #[arg(long, value_name = "NAME", default_value = "ascend")]
+        profile: String,
+    },
 }
 
 #[derive(Subcommand)]

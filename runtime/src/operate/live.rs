@@ -16,29 +16,38 @@ pub enum Change {
 }
 
 impl Change {
-    /// What `npu-ctk device revoke|restore` prints.
-    pub fn report(&self, id: &str, npu: u32, allow: bool) -> String {
+    /// What `npu-ctk device revoke|restore` prints; `word` names the device (`NPU`).
+    pub fn report(&self, id: &str, word: &str, npu: u32, allow: bool) -> String {
         let verb = if allow { "restored" } else { "revoked" };
         match self {
-            Self::Done(grant) if allow => format!("NPU {npu} ({grant}) {verb} for {id}"),
+            Self::Done(grant) if allow => format!("{word} {npu} ({grant}) {verb} for {id}"),
             Self::Done(grant) => format!(
-                "NPU {npu} ({grant}) {verb} for {id}\neffective for the next open or mknod; \
+                "{word} {npu} ({grant}) {verb} for {id}\neffective for the next open or mknod; \
                  file descriptors the container already holds stay open"
             ),
             Self::Unchanged(grant) => {
-                format!("NPU {npu} ({grant}) already {verb} for {id}; no change")
+                format!("{word} {npu} ({grant}) already {verb} for {id}; no change")
             }
         }
     }
 }
 
-/// Revokes (`allow = false`) or restores NPU `npu` of container `id`. Only what the container
+/// Revokes (`allow = false`) or restores chip `npu` of `profile` of container `id`. Only what the container
 /// was originally given can be restored.
-pub fn set_npu(config: &Config, id: &str, npu: u32, allow: bool) -> Result<Change, Error> {
+pub fn set_npu(
+    config: &Config,
+    id: &str,
+    profile: &str,
+    npu: u32,
+    allow: bool,
+) -> Result<Change, Error> {
     let mut record = state::read(&config.state_dir, id)?
         .ok_or_else(|| Error::UnknownContainer(id.to_string()))?;
     let host = HostDevices::discover(config)?;
-    let grant = [host.chips.get(&npu), host.virtual_chips.get(&npu)]
+    let family = host
+        .family(profile)
+        .ok_or_else(|| Error::UnknownProfile(profile.to_string()))?;
+    let grant = [family.chips.get(&npu), family.virtual_chips.get(&npu)]
         .into_iter()
         .flatten()
         .find_map(|node| record.grants.iter().find(|g| node.granted_by(g)).copied())

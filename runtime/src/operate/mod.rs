@@ -11,3 +11,4 @@ pub mod manual;
 pub mod monitor;
 pub mod node_guard;
 pub mod policy;
+pub mod profiles;

@@ -28,8 +28,14 @@ pub struct Denial {
     /// Container id from the runtime's records; `None` when no container owns the task.
     pub container: Option<String>,
     pub cgroup_id: u64,
-    /// NPU index when the device is an NPU chip.
+    /// Chip index (within its profile) when the device is a chip.
     pub npu: Option<u32>,
+    /// The chip's profile (`ascend`, `kunlun`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// What the profile calls a chip, for the text line (`npu=1`, `xpu=1`).
+    #[serde(skip)]
+    pub word: String,
     /// Device name under dev_root, when the host has the node.
     pub device: Option<String>,
     pub dev_type: char,
@@ -64,7 +70,7 @@ impl std::fmt::Display for Denial {
             )?;
         }
         if let Some(npu) = self.npu {
-            write!(f, "npu={npu} ")?;
+            write!(f, "{}={npu} ", self.word)?;
         }
         let device = self.device.as_deref().unwrap_or("?");
         write!(
@@ -107,7 +113,15 @@ impl Resolver<'_> {
         let is = |n: &&crate::node::devices::DeviceNode| {
             n.dev_type == dev_type && n.major == e.major && n.minor == e.minor
         };
-        let npu = self.host.chips.iter().find(|(_, n)| is(n)).map(|(i, _)| *i);
+        let chip = self.host.families.iter().find_map(|f| {
+            f.chips.iter().find(|(_, n)| is(n)).map(|(i, _)| {
+                (
+                    *i,
+                    f.profile.name.clone(),
+                    f.profile.device_word.to_lowercase(),
+                )
+            })
+        });
         let device = self
             .host
             .guarded_nodes
@@ -143,7 +157,11 @@ impl Resolver<'_> {
                 None => ours.map(|(id, _)| id),
             },
             cgroup_id: e.cgroup_id,
-            npu,
+            npu: chip.as_ref().map(|(i, _, _)| *i),
+            word: chip
+                .as_ref()
+                .map_or_else(String::new, |(_, _, w)| w.clone()),
+            profile: chip.map(|(_, p, _)| p),
             device,
             dev_type: dev_type.letter(),
             major: e.major,

@@ -87,15 +87,20 @@ pub fn create_runtime(config: &Config, view: HostView, state: &State) -> Result<
     let bundle = state.bundle();
     let spec = Spec::read(bundle)?;
     let host = view.devices?;
-    let names = Names::of(&spec, &host.classes(), config.env_requests)?;
+    let profiles: Vec<_> = host.families.iter().map(|f| f.profile.clone()).collect();
+    let names = Names::of(&spec, &host.classes(), &profiles, config.env_requests)?;
     let treatment = names.treatment(config.confine_unnamed);
     if treatment == Treatment::PassThrough {
         return Ok(());
     }
-    let devices = match &names.request {
-        Some(r) => host.select(r.devices.indices(), r.virtual_devices, &config.dev_root)?,
-        None => Vec::new(),
-    };
+    let mut devices = Vec::new();
+    for (family, r) in &names.requests {
+        devices.extend(host.families[*family].select(
+            r.devices.indices(),
+            r.virtual_devices,
+            &config.dev_root,
+        )?);
+    }
     let requested = devices::grants(&devices);
 
     let layout = view.layout?;
@@ -117,23 +122,29 @@ pub fn create_runtime(config: &Config, view: HostView, state: &State) -> Result<
 
     let mount_api = view.mount_api;
     let mut prepared = Vec::new();
-    if let Some(request) = names.request.as_ref().filter(|r| !r.no_driver) {
+    let mut checked = mounts::CheckedDirs::new();
+    let mut seen = Vec::new();
+    for (_, request) in names.requests.iter().filter(|(_, r)| !r.no_driver) {
         let paths = mounts::read_lists(
             &config.mount_list_dir,
             &request.mount_lists,
             request.mount_lists_explicit,
         )?;
-        let mut checked = mounts::CheckedDirs::new();
-        for path in &paths {
+        // Two families may list the same path: it is mounted once.
+        for path in paths {
+            if seen.contains(&path) {
+                continue;
+            }
             if let Some(p) = mounts::prepare(
                 &config.driver_root,
-                path,
+                &path,
                 request.allow_link,
                 mount_api,
                 &mut checked,
             )? {
                 prepared.push(p);
             }
+            seen.push(path);
         }
     }
 

@@ -135,7 +135,8 @@ pub fn read_lists(
         }) {
             Ok(text) => text,
             Err(e) if trust::is_missing(&e) => {
-                if !explicit && name == "base" {
+                // A profile's default lists (Ascend's `base`) may be absent: no driver mounts.
+                if !explicit {
                     tracing::info!(list = %path.display(), "no default mount list; no driver mounts");
                     continue;
                 }

@@ -16,9 +16,10 @@ use std::collections::BTreeSet;
 
 use crate::{
     node::config::EnvRequests,
+    node::profile::Profile,
     node::rules::{Access, DeviceClass, Grant, RuleEntry, effective},
     start::{
-        request::{CDI_NPU_PREFIX, Request, RequestError, VISIBLE_DEVICES},
+        request::{Request, RequestError},
         spec::{Spec, SpecError},
     },
 };
@@ -26,8 +27,9 @@ use crate::{
 /// What a container names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {
-    /// The request variables, if the container set any.
-    pub request: Option<Request>,
+    /// The requests the container made, one per profile it asked of (by index into the
+    /// profiles it was read with).
+    pub requests: Vec<(usize, Request)>,
     /// NPU-class nodes named by exact device entries, each with the access its rules give.
     pub exact: Vec<Grant>,
     /// Whether the spec could reach an NPU-class node: a rule allowing read or write on one of
@@ -57,27 +59,33 @@ pub enum NamesError {
 }
 
 impl Names {
-    /// Reads the names from `spec`; `classes` are the host's NPU classes, `env_requests` whose
-    /// request variables count.
+    /// Reads the names from `spec`; `classes` are the host's guarded classes, `profiles` whose
+    /// variables are requests, `env_requests` whose request variables count.
     pub fn of(
         spec: &Spec,
         classes: &BTreeSet<DeviceClass>,
+        profiles: &[Profile],
         env_requests: EnvRequests,
     ) -> Result<Self, NamesError> {
         let env = spec.env()?;
         let cap_sys_admin = spec.has_cap_sys_admin();
-        let (request, refused) = if env_requests.honours(cap_sys_admin) {
-            (Request::from_env(&env)?, None)
+        let (requests, refused) = if env_requests.honours(cap_sys_admin) {
+            let mut requests = Vec::new();
+            for (i, profile) in profiles.iter().enumerate() {
+                if let Some(request) = Request::from_env(&env, profile)? {
+                    requests.push((i, request));
+                }
+            }
+            (requests, None)
         } else {
             // Not parsed: a variable that does not count cannot fail the container either.
             let asked: Vec<&str> = env
                 .iter()
                 .map(String::as_str)
                 .filter(|e| {
-                    e.split_once('=').is_some_and(|(k, v)| {
-                        (k == VISIBLE_DEVICES || k.starts_with(CDI_NPU_PREFIX))
-                            && !matches!(v, "" | "void")
-                    })
+                    profiles.iter().any(|p| p.asks(e))
+                        && e.split_once('=')
+                            .is_some_and(|(_, v)| !matches!(v, "" | "void"))
                 })
                 .collect();
             let why = match env_requests {
@@ -91,7 +99,7 @@ impl Names {
                     env_requests.as_str()
                 )
             });
-            (None, refused)
+            (Vec::new(), refused)
         };
         let rules = spec.device_rules()?;
         let devices = spec.devices();
@@ -123,7 +131,7 @@ impl Names {
             })
         });
         Ok(Self {
-            request,
+            requests,
             exact,
             reaches: listed || reaches_a_class(&rules, classes),
             refused,
@@ -133,7 +141,7 @@ impl Names {
     /// A container whose request was refused is confined whatever `confine_unnamed` says: it
     /// asked for NPUs, and its record shows the refusal.
     pub fn treatment(&self, confine_unnamed: bool) -> Treatment {
-        if self.request.is_some() || !self.exact.is_empty() {
+        if !self.requests.is_empty() || !self.exact.is_empty() {
             Treatment::Grant
         } else if self.refused.is_some() || (self.reaches && confine_unnamed) {
             Treatment::Confine
@@ -159,6 +167,10 @@ mod tests {
     use super::*;
     use crate::node::rules::DevType;
 
+    fn profiles() -> Vec<Profile> {
+        crate::node::config::Config::default().profiles()
+    }
+
     fn classes() -> BTreeSet<DeviceClass> {
         [240, 241]
             .map(|major| DeviceClass {
@@ -174,7 +186,7 @@ mod tests {
                "resources": {{"devices": [{rules}]}}}}}}"#
         );
         let spec = Spec::parse(text.as_bytes(), "config.json".into()).unwrap();
-        Names::of(&spec, &classes(), EnvRequests::All).unwrap()
+        Names::of(&spec, &classes(), &profiles(), EnvRequests::All).unwrap()
     }
 
     const DAVINCI3: &str = r#"{"path": "/dev/davinci3", "type": "c", "major": 240, "minor": 3}"#;
@@ -252,7 +264,7 @@ mod tests {
             DAVINCI3,
             &format!("{DENY_ALL}, {exact}"),
         );
-        assert!(n.request.is_some() && n.exact.len() == 1);
+        assert!(n.requests.len() == 1 && n.exact.len() == 1);
     }
 
     #[test]
@@ -260,7 +272,7 @@ mod tests {
         let text = r#"{"linux": {"resources": {"devices": [{"allow": true, "type": "x"}]}}}"#;
         // (Access letters other than rwm are runc's to ignore: {"access": "rwa"} is rw.)
         let spec = Spec::parse(text.as_bytes(), "/b/config.json".into()).unwrap();
-        let e = Names::of(&spec, &classes(), EnvRequests::All)
+        let e = Names::of(&spec, &classes(), &profiles(), EnvRequests::All)
             .unwrap_err()
             .to_string();
         assert!(
@@ -287,8 +299,8 @@ mod tests {
             (EnvRequests::Privileged, r#""CAP_CHOWN""#, false),
             (EnvRequests::Never, admin, false),
         ] {
-            let n = Names::of(&spec(caps, request), &classes(), policy).unwrap();
-            assert_eq!(n.request.is_some(), counts, "{policy:?} {caps}");
+            let n = Names::of(&spec(caps, request), &classes(), &profiles(), policy).unwrap();
+            assert_eq!(!n.requests.is_empty(), counts, "{policy:?} {caps}");
             assert_eq!(n.refused.is_none(), counts, "{policy:?} {caps}");
             // The exact entry (a device plugin's DeviceSpec) counts whatever the policy.
             assert_eq!(n.exact.len(), 1, "{policy:?}");
@@ -306,12 +318,12 @@ mod tests {
         // variable that does not count fails nothing.
         let text = r#"{"process": {"env": ["ASCEND_VISIBLE_DEVICES=0,x"]}}"#;
         let s = Spec::parse(text.as_bytes(), "config.json".into()).unwrap();
-        let n = Names::of(&s, &classes(), EnvRequests::Never).unwrap();
+        let n = Names::of(&s, &classes(), &profiles(), EnvRequests::Never).unwrap();
         assert_eq!(n.treatment(false), Treatment::Confine);
         // No variable, or an empty one: nothing refused.
         let text = r#"{"process": {"env": ["ASCEND_VISIBLE_DEVICES="]}}"#;
         let s = Spec::parse(text.as_bytes(), "config.json".into()).unwrap();
-        let n = Names::of(&s, &classes(), EnvRequests::Never).unwrap();
+        let n = Names::of(&s, &classes(), &profiles(), EnvRequests::Never).unwrap();
         assert_eq!(
             (&n.refused, n.treatment(true)),
             (&None, Treatment::PassThrough)

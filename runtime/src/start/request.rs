@@ -1,4 +1,6 @@
-//! What a container asks for, from its environment (Ascend ecosystem variables).
+//! What a container asks for, from its environment: one device profile's variables at a time
+//! (the Ascend profile's are the Ascend ecosystem's, below; another family's have the same
+//! syntax under its own names).
 //!
 //! - `ASCEND_VISIBLE_DEVICES`: unset, `""` or `void`: names no NPU; `none`: no chip, but the
 //!   management nodes and driver mounts; `all`; a comma list of indices and inclusive ranges
@@ -13,12 +15,10 @@
 //!
 //! Every error names the variable and the offending item.
 
-pub const VISIBLE_DEVICES: &str = "ASCEND_VISIBLE_DEVICES";
-pub const RUNTIME_OPTIONS: &str = "ASCEND_RUNTIME_OPTIONS";
-pub const RUNTIME_MOUNTS: &str = "ASCEND_RUNTIME_MOUNTS";
-pub const ALLOW_LINK: &str = "ASCEND_ALLOW_LINK";
-/// Prefix of the per-device variables our CDI spec sets.
-pub const CDI_NPU_PREFIX: &str = "ASCEND_CDI_NPU_";
+use crate::node::profile::Profile;
+pub use crate::node::profile::{
+    ALLOW_LINK, CDI_NPU_PREFIX, RUNTIME_MOUNTS, RUNTIME_OPTIONS, VISIBLE_DEVICES,
+};
 
 /// Highest NPU index accepted; bounds range expansion long before memory matters.
 pub const MAX_INDEX: u32 = 65535;
@@ -26,7 +26,7 @@ pub const MAX_INDEX: u32 = 65535;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{var}={value:?}: {reason}")]
 pub struct RequestError {
-    pub var: &'static str,
+    pub var: String,
     pub value: String,
     pub reason: String,
 }
@@ -77,13 +77,14 @@ pub fn env_value<'a>(env: &'a [String], name: &str) -> Option<&'a str> {
 }
 
 impl Request {
-    /// Parses the request in `env`; `Ok(None)` for a container that asked for no NPU.
-    pub fn from_env(env: &[String]) -> Result<Option<Self>, RequestError> {
-        let cdi = cdi_devices(env)?;
-        let devices = match (env_value(env, VISIBLE_DEVICES), cdi.is_empty()) {
+    /// Parses `profile`'s request in `env`; `Ok(None)` for a container that asked for none of
+    /// its devices.
+    pub fn from_env(env: &[String], profile: &Profile) -> Result<Option<Self>, RequestError> {
+        let cdi = cdi_devices(env, &profile.cdi_env_prefix)?;
+        let devices = match (env_value(env, &profile.request_env), cdi.is_empty()) {
             (None | Some("") | Some("void"), true) => return Ok(None),
             (None | Some("") | Some("void"), false) => Selection::Indices(cdi),
-            (Some(value), _) => match parse_devices(value)? {
+            (Some(value), _) => match parse_devices(value, profile)? {
                 Selection::All => Selection::All,
                 Selection::None if cdi.is_empty() => Selection::None,
                 Selection::None => Selection::Indices(cdi),
@@ -99,26 +100,37 @@ impl Request {
             devices,
             no_driver: false,
             virtual_devices: false,
-            mount_lists: vec!["base".into()],
+            mount_lists: profile.mount_lists.clone(),
             mount_lists_explicit: false,
             allow_link: false,
         };
-        if let Some(value) = env_value(env, RUNTIME_OPTIONS).filter(|v| !v.is_empty()) {
+        if let Some(var) = &profile.options_env
+            && let Some(value) = env_value(env, var).filter(|v| !v.is_empty())
+        {
+            let valid = if profile.virtual_pattern.is_some() {
+                "NODRV, VIRTUAL"
+            } else {
+                "NODRV"
+            };
             for item in value.split(',') {
                 match item.trim() {
                     "NODRV" => request.no_driver = true,
-                    "VIRTUAL" => request.virtual_devices = true,
+                    "VIRTUAL" if profile.virtual_pattern.is_some() => {
+                        request.virtual_devices = true;
+                    }
                     other => {
                         return Err(error(
-                            RUNTIME_OPTIONS,
+                            var,
                             value,
-                            format!("unknown option {other:?} (valid: NODRV, VIRTUAL)"),
+                            format!("unknown option {other:?} (valid: {valid})"),
                         ));
                     }
                 }
             }
         }
-        if let Some(value) = env_value(env, RUNTIME_MOUNTS) {
+        if let Some(var) = &profile.mounts_env
+            && let Some(value) = env_value(env, var)
+        {
             request.mount_lists.clear();
             request.mount_lists_explicit = true;
             for item in value.split(',') {
@@ -131,7 +143,7 @@ impl Request {
                         .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
                 if !valid {
                     return Err(error(
-                        RUNTIME_MOUNTS,
+                        var,
                         value,
                         format!(
                             "invalid mount-list name {name:?} (letters, digits, '.', '_', '-')"
@@ -143,34 +155,36 @@ impl Request {
                 }
             }
         }
-        request.allow_link = match env_value(env, ALLOW_LINK) {
-            None | Some("") | Some("False") | Some("false") => false,
-            Some("True") | Some("true") => true,
-            Some(other) => {
-                return Err(error(ALLOW_LINK, other, "expected True or False".into()));
-            }
-        };
+        if let Some(var) = &profile.allow_link_env {
+            request.allow_link = match env_value(env, var) {
+                None | Some("") | Some("False") | Some("false") => false,
+                Some("True") | Some("true") => true,
+                Some(other) => {
+                    return Err(error(var, other, "expected True or False".into()));
+                }
+            };
+        }
         Ok(Some(request))
     }
 }
 
-/// Indices named by `ASCEND_CDI_NPU_<N>=<N>` entries, sorted; each value must repeat its name.
-fn cdi_devices(env: &[String]) -> Result<Vec<u32>, RequestError> {
+/// Indices named by `<prefix>N=N` entries, sorted; each value must repeat its name.
+fn cdi_devices(env: &[String], prefix: &str) -> Result<Vec<u32>, RequestError> {
     let mut out = Vec::new();
     for entry in env {
         let Some((name, value)) = entry.split_once('=') else {
             continue;
         };
-        let Some(suffix) = name.strip_prefix(CDI_NPU_PREFIX) else {
+        let Some(suffix) = name.strip_prefix(prefix) else {
             continue;
         };
         match (parse_index(suffix), parse_index(value)) {
             (Some(a), Some(b)) if a == b => out.push(a),
             _ => {
                 return Err(RequestError {
-                    var: CDI_NPU_PREFIX,
+                    var: prefix.into(),
                     value: entry.clone(),
-                    reason: "expected ASCEND_CDI_NPU_<N>=<N>".into(),
+                    reason: format!("expected {prefix}<N>=<N>"),
                 });
             }
         }
@@ -180,9 +194,9 @@ fn cdi_devices(env: &[String]) -> Result<Vec<u32>, RequestError> {
     Ok(out)
 }
 
-fn error(var: &'static str, value: &str, reason: String) -> RequestError {
+fn error(var: &str, value: &str, reason: String) -> RequestError {
     RequestError {
-        var,
+        var: var.into(),
         value: value.to_string(),
         reason,
     }
@@ -196,19 +210,15 @@ fn parse_index(text: &str) -> Option<u32> {
     text.parse().ok().filter(|i| *i <= MAX_INDEX)
 }
 
-/// `npu-N` or `Ascend<model>-N`: returns (name, N).
-fn parse_named(item: &str) -> Option<(&str, u32)> {
+/// `<form>-N` for one of `profile`'s named forms: returns (name, N).
+fn parse_named<'a>(item: &'a str, profile: &Profile) -> Option<(&'a str, u32)> {
     let (name, index) = item.rsplit_once('-')?;
     let index = parse_index(index)?;
-    let valid = name == "npu"
-        || name.strip_prefix("Ascend").is_some_and(|model| {
-            !model.is_empty() && model.chars().all(|c| c.is_ascii_alphanumeric())
-        });
-    valid.then_some((name, index))
+    profile.named_form(name).then_some((name, index))
 }
 
-fn parse_devices(value: &str) -> Result<Selection, RequestError> {
-    let fail = |reason: String| Err(error(VISIBLE_DEVICES, value, reason));
+fn parse_devices(value: &str, profile: &Profile) -> Result<Selection, RequestError> {
+    let fail = |reason: String| Err(error(&profile.request_env, value, reason));
     match value {
         "all" => return Ok(Selection::All),
         "none" => return Ok(Selection::None),
@@ -236,7 +246,7 @@ fn parse_devices(value: &str) -> Result<Selection, RequestError> {
             }
             numeric = true;
             indices.extend(start..=end);
-        } else if let Some((name, i)) = parse_named(item) {
+        } else if let Some((name, i)) = parse_named(item, profile) {
             if named.is_some_and(|n| n != name) {
                 return fail(format!(
                     "{item:?} names another chip than {:?}",
@@ -246,8 +256,12 @@ fn parse_devices(value: &str) -> Result<Selection, RequestError> {
             named = Some(name);
             indices.push(i);
         } else {
+            let mut forms = vec!["all".to_string(), "N".into(), "N-M".into()];
+            forms.extend(profile.describe_named_forms());
+            let last = forms.pop().unwrap_or_default();
             return fail(format!(
-                "malformed item {item:?} (expected all, N, N-M, npu-N or AscendXXX-N, N <= {MAX_INDEX})"
+                "malformed item {item:?} (expected {} or {last}, N <= {MAX_INDEX})",
+                forms.join(", ")
             ));
         }
         if numeric && named.is_some() {
@@ -263,12 +277,16 @@ fn parse_devices(value: &str) -> Result<Selection, RequestError> {
 mod tests {
     use super::*;
 
+    fn ascend() -> Profile {
+        crate::node::config::Config::default().profiles().remove(0)
+    }
+
     fn env(pairs: &[(&str, &str)]) -> Vec<String> {
         pairs.iter().map(|(k, v)| format!("{k}={v}")).collect()
     }
 
     fn devices(value: &str) -> Result<Selection, RequestError> {
-        Request::from_env(&env(&[(VISIBLE_DEVICES, value)])).map(|r| r.unwrap().devices)
+        Request::from_env(&env(&[(VISIBLE_DEVICES, value)]), &ascend()).map(|r| r.unwrap().devices)
     }
 
     fn indices(value: &str) -> Vec<u32> {
@@ -285,7 +303,7 @@ mod tests {
             env(&[(VISIBLE_DEVICES, "")]),
             env(&[(VISIBLE_DEVICES, "void")]),
         ] {
-            assert_eq!(Request::from_env(&e).unwrap(), None);
+            assert_eq!(Request::from_env(&e, &ascend()).unwrap(), None);
         }
     }
 
@@ -348,7 +366,10 @@ mod tests {
     #[test]
     fn options() {
         let r = |opts: &str| {
-            Request::from_env(&env(&[(VISIBLE_DEVICES, "0"), (RUNTIME_OPTIONS, opts)]))
+            Request::from_env(
+                &env(&[(VISIBLE_DEVICES, "0"), (RUNTIME_OPTIONS, opts)]),
+                &ascend(),
+            )
         };
         let v = r("VIRTUAL,NODRV").unwrap().unwrap();
         assert!(v.no_driver && v.virtual_devices);
@@ -363,9 +384,14 @@ mod tests {
 
     #[test]
     fn mount_lists() {
-        let r = |v: &str| Request::from_env(&env(&[(VISIBLE_DEVICES, "0"), (RUNTIME_MOUNTS, v)]));
+        let r = |v: &str| {
+            Request::from_env(
+                &env(&[(VISIBLE_DEVICES, "0"), (RUNTIME_MOUNTS, v)]),
+                &ascend(),
+            )
+        };
         assert_eq!(
-            Request::from_env(&env(&[(VISIBLE_DEVICES, "0")]))
+            Request::from_env(&env(&[(VISIBLE_DEVICES, "0")]), &ascend())
                 .unwrap()
                 .unwrap()
                 .mount_lists,
@@ -383,7 +409,9 @@ mod tests {
 
     #[test]
     fn allow_link() {
-        let r = |v: &str| Request::from_env(&env(&[(VISIBLE_DEVICES, "0"), (ALLOW_LINK, v)]));
+        let r = |v: &str| {
+            Request::from_env(&env(&[(VISIBLE_DEVICES, "0"), (ALLOW_LINK, v)]), &ascend())
+        };
         assert!(r("True").unwrap().unwrap().allow_link);
         assert!(!r("False").unwrap().unwrap().allow_link);
         assert_eq!(r("yes").unwrap_err().var, ALLOW_LINK);
@@ -397,12 +425,12 @@ mod tests {
             ("ASCEND_CDI_NPU_1", "1"),
         ]);
         assert_eq!(
-            Request::from_env(&e).unwrap().unwrap().devices,
+            Request::from_env(&e, &ascend()).unwrap().unwrap().devices,
             Selection::Indices(vec![1, 3])
         );
         let e = env(&[("ASCEND_CDI_NPU_1", "1"), (VISIBLE_DEVICES, "0,1")]);
         assert_eq!(
-            Request::from_env(&e).unwrap().unwrap().devices,
+            Request::from_env(&e, &ascend()).unwrap().unwrap().devices,
             Selection::Indices(vec![0, 1])
         );
         for bad in [
@@ -411,7 +439,7 @@ mod tests {
             ("ASCEND_CDI_NPU_1", ""),
         ] {
             assert_eq!(
-                Request::from_env(&env(&[bad])).unwrap_err().var,
+                Request::from_env(&env(&[bad]), &ascend()).unwrap_err().var,
                 CDI_NPU_PREFIX
             );
         }
@@ -425,8 +453,37 @@ mod tests {
             format!("{VISIBLE_DEVICES}=2"),
         ];
         assert_eq!(
-            Request::from_env(&e).unwrap().unwrap().devices,
+            Request::from_env(&e, &ascend()).unwrap().unwrap().devices,
             Selection::Indices(vec![2])
         );
+    }
+
+    #[test]
+    fn another_family_reads_its_own_variables() {
+        let k = Profile::kunlun();
+        let r = |pairs: &[(&str, &str)]| Request::from_env(&env(pairs), &k);
+        let devices = |v: &str| r(&[("CXPU_VISIBLE_DEVICES", v)]).unwrap().unwrap().devices;
+        assert_eq!(devices("0,2-3"), Selection::Indices(vec![0, 2, 3]));
+        assert_eq!(devices("all"), Selection::All);
+        assert_eq!(devices("none"), Selection::None);
+        let e = r(&[("CXPU_VISIBLE_DEVICES", "npu-1")]).unwrap_err();
+        assert_eq!(e.var, "CXPU_VISIBLE_DEVICES");
+        assert!(
+            e.reason.contains("expected all, N or N-M, N <= 65535"),
+            "{e}"
+        );
+        // Ascend's variables are not Kunlun's, and Kunlun has no options variable.
+        assert_eq!(r(&[(VISIBLE_DEVICES, "1")]).unwrap(), None);
+        let req = r(&[("CXPU_VISIBLE_DEVICES", "1"), (RUNTIME_OPTIONS, "bogus")])
+            .unwrap()
+            .unwrap();
+        assert_eq!(req.mount_lists, ["kunlun"]);
+        assert!(!req.no_driver && !req.virtual_devices);
+        assert_eq!(
+            r(&[("CXPU_CDI_XPU_3", "3")]).unwrap().unwrap().devices,
+            Selection::Indices(vec![3])
+        );
+        let e = r(&[("CXPU_CDI_XPU_3", "4")]).unwrap_err();
+        assert_eq!(e.var, "CXPU_CDI_XPU_");
     }
 }

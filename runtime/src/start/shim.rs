@@ -93,29 +93,39 @@ pub fn hook_env() -> Vec<String> {
     env
 }
 
-/// Adds the devices, grants, hooks and env of `request` to the spec.
+/// Adds the devices, grants, hooks and env of `requests` (by index into
+/// `config.profiles()`) to the spec.
 pub fn edit_spec(
     config: &Config,
     spec: &mut Spec,
-    request: &Request,
+    requests: &[(usize, Request)],
     hook: &HookCommand,
 ) -> Result<(), Error> {
     let host = HostDevices::discover(config)?;
-    let indices = request.devices.indices();
-    let devices = host.select(indices, request.virtual_devices, &config.dev_root)?;
-    // Refuse unknown or malformed mount lists now, before the runtime creates anything (the
-    // hook reads them again when it mounts).
-    if !request.no_driver {
-        crate::start::mounts::read_lists(
-            &config.mount_list_dir,
-            &request.mount_lists,
-            request.mount_lists_explicit,
-        )?;
+    let mut devices = Vec::new();
+    let mut env = Vec::new();
+    for (family, request) in requests {
+        let family = &host.families[*family];
+        devices.extend(family.select(
+            request.devices.indices(),
+            request.virtual_devices,
+            &config.dev_root,
+        )?);
+        // Refuse unknown or malformed mount lists now, before the runtime creates anything
+        // (the hook reads them again when it mounts).
+        if !request.no_driver {
+            crate::start::mounts::read_lists(
+                &config.mount_list_dir,
+                &request.mount_lists,
+                request.mount_lists_explicit,
+            )?;
+        }
+        env.extend(family.profile.env.iter().cloned());
     }
     spec.apply(&Edit {
         devices: &devices,
         hook,
-        env: vec!["ASCEND_DOCKER_RUNTIME=True".into()],
+        env,
     })?;
     Ok(())
 }
@@ -131,9 +141,11 @@ pub fn edit(config: &Config, spec: &mut Spec) -> Result<Treatment, Error> {
         e.allow && (e.rule.access.contains(Access::READ) || e.rule.access.contains(Access::WRITE))
     };
     let env = spec.env()?;
+    let profiles = config.profiles();
     let asks = env.iter().any(|e| {
-        e.starts_with(crate::start::request::VISIBLE_DEVICES)
-            || e.starts_with(crate::start::request::CDI_NPU_PREFIX)
+        profiles
+            .iter()
+            .any(|p| e.starts_with(p.request_env.as_str()) || p.asks(e))
     });
     if !asks && !rules.iter().any(opens) && spec.devices().is_empty() {
         return Ok(Treatment::PassThrough);
@@ -141,6 +153,7 @@ pub fn edit(config: &Config, spec: &mut Spec) -> Result<Treatment, Error> {
     let names = Names::of(
         spec,
         &HostDevices::npu_classes(config)?,
+        &profiles,
         config.env_requests,
     )?;
     if let Some(refused) = &names.refused {
@@ -151,12 +164,14 @@ pub fn edit(config: &Config, spec: &mut Spec) -> Result<Treatment, Error> {
         );
     }
     let treatment = names.treatment(config.confine_unnamed);
-    match (treatment, &names.request) {
-        (Treatment::PassThrough, _) => {}
-        (Treatment::Grant, Some(request)) => edit_spec(config, spec, request, &hook_command()?)?,
+    match treatment {
+        Treatment::PassThrough => {}
+        Treatment::Grant if !names.requests.is_empty() => {
+            edit_spec(config, spec, &names.requests, &hook_command()?)?;
+        }
         // Named by exact entries only, or confined: the runtime already has the devices and
         // rules it needs; the hook registers the container.
-        _ => spec.apply(&Edit {
+        Treatment::Grant | Treatment::Confine => spec.apply(&Edit {
             devices: &[],
             hook: &hook_command()?,
             env: Vec::new(),

@@ -41,15 +41,17 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let config = Config::load()?;
     let host = HostDevices::discover(&config)?;
+    // NPU indices name Ascend chips.
+    let ascend = host.family("ascend").ok_or("no ascend profile")?;
     match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["enforce", pid, list] => {
-            let grants = host.grants_for(&npus(list))?;
+            let grants = ascend.grants_for(&npus(list))?;
             let layout = Layout::detect()?;
             let done = isolation::enforce(&config, &layout, pid.parse()?, &host, &grants)?;
             println!("{}", serde_json::to_string(&done)?);
         }
         ["enforce-v2", dir, list] => {
-            let grants = host.grants_for(&npus(list))?;
+            let grants = ascend.grants_for(&npus(list))?;
             let cgroups = ContainerCgroups {
                 unified: Some(UnifiedCgroup {
                     dir: dir.into(),
@@ -61,7 +63,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             println!("{}", serde_json::to_string(&done)?);
         }
         ["release", list, json] => {
-            let grants = host.grants_for(&npus(list))?;
+            let grants = ascend.grants_for(&npus(list))?;
             let done: Enforced = serde_json::from_str(json)?;
             isolation::release(&config, &done, &grants)?;
         }

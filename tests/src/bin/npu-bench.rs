@@ -66,6 +66,14 @@ fn main() {
     for (place, mode) in layouts {
         start_overhead(place, mode, &host, &variants);
     }
+    // The same host with KunlunXin XPUs too: two active profiles.
+    let mut mixed = FakeHost::new(4);
+    mixed.add_family("xpu", 4, &["xpuctrl"], Some("kunlun"));
+    bench_mount_list(&mixed);
+    set_log_level(&mixed, "info");
+    for (place, mode) in layouts {
+        two_profiles(place, mode, [&host, &mixed], &variants);
+    }
     guard_cost(Place::V2(&ns), &host);
     scale(Place::V2(&ns), &host);
     memory(&host);
@@ -188,6 +196,9 @@ fn log_len(host: &FakeHost) -> usize {
     std::fs::metadata(host.dir.path().join("runtime.log")).map_or(0, |m| m.len() as usize)
 }
 
+/// A bundle directory and its pristine spec.
+type Bundle = (PathBuf, Vec<u8>);
+
 /// The bundles section 1 compares, each with its pristine spec.
 struct Variants {
     plain: (PathBuf, Vec<u8>),
@@ -269,9 +280,14 @@ fn interleaved<T: Copy>(
 /// runs each variant once, back to back, so this also cancels the machine's slower drifts,
 /// which the ratio of medians still carries.
 fn paired(samples: &[Vec<f64>], i: usize) -> f64 {
+    paired_to(samples, i, 0)
+}
+
+/// The median of per-round ratios of variant `i` to variant `base`.
+fn paired_to(samples: &[Vec<f64>], i: usize, base: usize) -> f64 {
     let ratios: Vec<f64> = samples[i]
         .iter()
-        .zip(&samples[0])
+        .zip(&samples[base])
         .map(|(b, a)| b / a)
         .collect();
     stats(&ratios).median
@@ -397,6 +413,53 @@ fn engine_path(place: Place<'_>, mode: &str, host: &FakeHost, variants: &Variant
         ],
     );
     hook_summary(host, log_from);
+}
+
+/// Two active device profiles against one: the same bundles through the shim on the
+/// Ascend-only host and on the host with Kunlun XPUs as well (the shim and the hook then
+/// discover and confine both families).
+fn two_profiles(
+    place: Place<'_>,
+    mode: &str,
+    [single, mixed]: [&FakeHost; 2],
+    variants: &Variants,
+) {
+    println!(
+        "\n## 1c. two active profiles (Ascend + Kunlun) against one: `create` + `start`, {mode}, {ROUNDS} rounds, order rotated"
+    );
+    let shim = bin("npu-container-runtime");
+    let runc = PathBuf::from(run(Command::new("sh").args(["-c", "command -v runc"])).trim());
+    let list: [(&Path, &Bundle, &FakeHost); 5] = [
+        (&runc, &variants.plain, single),
+        (&shim, &variants.npu, single),
+        (&shim, &variants.npu, mixed),
+        (&shim, &variants.plain, single),
+        (&shim, &variants.plain, mixed),
+    ];
+    for (runtime, b, host) in &list[1..] {
+        timed_engine_path(place, runtime, host, b);
+    }
+    let samples = interleaved(&list, 1, |(runtime, b, host)| {
+        vec![timed_engine_path(place, runtime, host, b)[0]]
+    });
+    let samples = &samples[0];
+    let base = row("plain runc", "ms", &samples[0], None);
+    for (i, name) in [
+        "shim, 2 NPUs + 5 mounts, one profile active",
+        "shim, 2 NPUs + 5 mounts, two profiles active",
+        "shim, no request, one profile active",
+        "shim, no request, two profiles active",
+    ]
+    .iter()
+    .enumerate()
+    {
+        row(name, "ms", &samples[i + 1], Some(base));
+    }
+    println!(
+        "  median of per-round ratios, two profiles / one (target <= 1.00 within noise): 2 NPUs {:.3}, no request {:.3}",
+        paired_to(samples, 2, 1),
+        paired_to(samples, 4, 3)
+    );
 }
 
 fn start_overhead(place: Place<'_>, mode: &str, host: &FakeHost, variants: &Variants) {

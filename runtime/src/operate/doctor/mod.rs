@@ -10,7 +10,7 @@ use crate::{
     enforce::guard,
     node::cgroup::Layout,
     node::config::Config,
-    node::devices::HostDevices,
+    node::devices::{FamilyDevices, HostDevices},
     node::trust,
     operate::engines::{self, Engine},
     operate::node_guard,
@@ -186,6 +186,67 @@ fn node_guard_check(config: &Config, layout: Option<&Layout>) -> Check {
             "",
         )
     }
+}
+
+/// A profile's chip and management checks: Ascend's named `NPUs` and `management devices`,
+/// another family's after its word and name (`XPUs (kunlun)`).
+fn family_checks(config: &Config, f: &FamilyDevices, ascend: bool) -> [Check; 2] {
+    let word = &f.profile.device_word;
+    let (chips, management) = if ascend {
+        ("NPUs".to_string(), "management devices".to_string())
+    } else {
+        let name = &f.profile.name;
+        (
+            format!("{word}s ({name})"),
+            format!("management devices ({name})"),
+        )
+    };
+    let driver = if ascend {
+        "the Ascend driver".to_string()
+    } else {
+        format!("the {} driver", f.profile.name)
+    };
+    let chips = if f.chips.is_empty() {
+        check(
+            &chips,
+            Verdict::Warn,
+            format!("none under {}", config.dev_root.display()),
+            &format!("install {driver}, or set dev_root"),
+        )
+    } else {
+        check(
+            &chips,
+            Verdict::Ok,
+            format!("{} found ({})", f.chips.len(), f.describe_chips()),
+            "",
+        )
+    };
+    let management = if f.missing_management.is_empty() {
+        check(
+            &management,
+            Verdict::Ok,
+            format!("{} present", f.management.len()),
+            "",
+        )
+    } else {
+        let missing: Vec<String> = f
+            .missing_management
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        let key = if ascend {
+            "management_devices in the config".to_string()
+        } else {
+            format!("[profiles.{}] in the config", f.profile.name)
+        };
+        check(
+            &management,
+            Verdict::Fail,
+            format!("missing: {}", missing.join(", ")),
+            &format!("install {driver}, or fix {key}"),
+        )
+    };
+    [chips, management]
 }
 
 /// Whether the hook can make read-only driver mounts here: the mount syscalls probed, and a
@@ -377,41 +438,16 @@ pub fn run(config: &Config, runtime_path: &Path, containerd_config: &Path) -> Ve
     out.push(mounts_check());
     match HostDevices::discover(config) {
         Ok(host) => {
-            out.push(if host.chips.is_empty() {
-                check(
-                    "NPUs",
-                    Verdict::Warn,
-                    format!("none under {}", config.dev_root.display()),
-                    "install the Ascend driver, or set dev_root",
-                )
-            } else {
-                check(
-                    "NPUs",
-                    Verdict::Ok,
-                    format!("{} found ({})", host.chips.len(), host.describe_chips()),
-                    "",
-                )
-            });
-            out.push(if host.missing_management.is_empty() {
-                check(
-                    "management devices",
-                    Verdict::Ok,
-                    format!("{} present", host.management.len()),
-                    "",
-                )
-            } else {
-                let missing: Vec<String> = host
-                    .missing_management
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect();
-                check(
-                    "management devices",
-                    Verdict::Fail,
-                    format!("missing: {}", missing.join(", ")),
-                    "install the Ascend driver, or fix management_devices in the config",
-                )
-            });
+            // Ascend's checks as ever when the host has its nodes or no family's at all;
+            // every other profile's when the host has some of its nodes.
+            let none_active = host.active().next().is_none();
+            for f in &host.families {
+                let ascend = f.profile.name == "ascend";
+                if !(f.is_active() || ascend && none_active) {
+                    continue;
+                }
+                out.extend(family_checks(config, f, ascend));
+            }
         }
         Err(e) => out.push(check(
             "NPUs",
