@@ -323,6 +323,36 @@ fn docker_on_a_mixed_host() {
             expect_only(&[], 4),
             "{mode}"
         );
+        for (env, xpus) in [
+            ("CXPU_VISIBLE_DEVICES=all", vec![0, 1, 2, 3]),
+            ("CXPU_VISIBLE_DEVICES=none", vec![]),
+        ] {
+            assert_eq!(
+                run_with(&[env], &[], xpu.chip_major),
+                expect_only(&xpus, 4),
+                "{mode} {env}"
+            );
+            assert_eq!(
+                run_with(&[env], &[], host.chip_major),
+                expect_only(&[], 4),
+                "{mode} {env}"
+            );
+        }
+        // `none` still gives the control node.
+        let (_, out) = d.output(&[
+            "run",
+            "--rm",
+            "--runtime=npu",
+            "-e",
+            "CXPU_VISIBLE_DEVICES=none",
+            &d.image,
+            "ls",
+            "/dev",
+        ]);
+        assert!(
+            out.contains("xpuctrl") && !out.contains("xpu0"),
+            "{mode}: {out}"
+        );
         let privileged = [
             "--device-cgroup-rule=a *:* rwm",
             "--cap-add=ALL",
