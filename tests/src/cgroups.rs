@@ -10,6 +10,22 @@ use npu_runtime::node::cgroup::Layout;
 
 use crate::{run, unique};
 
+/// The ids of the device programs named `npu_dev_guard` attached to cgroup `dir` (as the host
+/// sees it), from bpftool.
+pub fn guards_attached(dir: &Path) -> Vec<u64> {
+    let out = run(Command::new("bpftool")
+        .args(["-j", "cgroup", "show"])
+        .arg(dir));
+    let v: serde_json::Value =
+        serde_json::from_str(if out.trim().is_empty() { "[]" } else { &out }).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] == "npu_dev_guard")
+        .map(|p| p["id"].as_u64().unwrap())
+        .collect()
+}
+
 /// Where the unified (cgroup2) tree is mounted as seen from the host.
 pub fn unified_mount() -> PathBuf {
     match Layout::detect().expect("cgroup layout") {

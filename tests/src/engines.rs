@@ -124,6 +124,20 @@ impl Dockerd {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
+    /// `docker run --rm --runtime=npu` with `env` and `flags`, running the verdict script for
+    /// chips `0..chips` of `major`: their verdicts.
+    pub fn verdicts(&self, env: &[&str], flags: &[&str], major: u32, chips: u32) -> Vec<String> {
+        let script = matrix_script(major, chips);
+        let mut args = vec!["run", "--rm", "--runtime=npu"];
+        for e in env {
+            args.extend(["-e", e]);
+        }
+        args.extend(flags);
+        args.extend([self.image.as_str(), "sh", "-c", &script]);
+        let (_, out) = self.output(&args);
+        parse_matrix(&out, chips)
+    }
 }
 
 impl Drop for Dockerd {

@@ -129,9 +129,10 @@ impl<'a> Cri<'a> {
             .enable_all()
             .build()
             .unwrap();
-        let path = socket.clone();
-        let channel = rt
-            .block_on(
+        // The socket file appears before containerd serves on it: retry until it answers.
+        let channel = loop {
+            let path = socket.clone();
+            let connected = rt.block_on(
                 Endpoint::try_from("http://[::]:50051")
                     .unwrap()
                     .connect_timeout(Duration::from_secs(5))
@@ -141,8 +142,18 @@ impl<'a> Cri<'a> {
                             Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?))
                         }
                     })),
-            )
-            .expect("connect to the CRI socket");
+            );
+            match connected {
+                Ok(channel) => break channel,
+                Err(e) => assert!(
+                    Instant::now() < deadline && child.try_wait().unwrap().is_none(),
+                    "containerd does not answer on {}: {e}\n{}",
+                    socket.display(),
+                    std::fs::read_to_string(dir.join("containerd.log")).unwrap_or_default()
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
         let cri = Self {
             place,
             child,

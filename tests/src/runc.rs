@@ -238,16 +238,31 @@ pub fn start_npu<'a>(
     host: &FakeHost,
     npus: &str,
 ) -> Result<RuncContainer<'a>, String> {
+    start_through_shim(
+        place,
+        host,
+        &[&format!("ASCEND_VISIBLE_DEVICES={npus}")],
+        |_| {},
+    )
+}
+
+/// Starts a sleeping container through npu-container-runtime with `host`'s configuration,
+/// `env` added to its environment and then `edit` applied to its spec.
+pub fn start_through_shim<'a>(
+    place: Place<'a>,
+    host: &FakeHost,
+    env: &[&str],
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> Result<RuncContainer<'a>, String> {
     RuncContainer::start_with_env(
         place,
         host.dir.path(),
         &bin("npu-container-runtime"),
         &host.config_path,
         |spec| {
-            spec["process"]["env"]
-                .as_array_mut()
-                .unwrap()
-                .push(format!("ASCEND_VISIBLE_DEVICES={npus}").into());
+            let list = spec["process"]["env"].as_array_mut().unwrap();
+            list.extend(env.iter().map(|e| serde_json::Value::from(*e)));
+            edit(spec);
         },
     )
 }

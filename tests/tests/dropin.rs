@@ -5,11 +5,7 @@
 use std::process::Command;
 
 use npu_tests::{
-    bin,
-    cgroups::each_cgroup_mode,
-    host::FakeHost,
-    require_root, require_tools,
-    runc::{RuncContainer, open_verdict},
+    bin, cgroups::each_cgroup_mode, host::FakeHost, require_root, require_tools, runc::open_verdict,
 };
 
 fn can_run() -> bool {
@@ -91,18 +87,8 @@ fn user_namespaces_get_the_right_host_nodes() {
     each_cgroup_mode(|place, mode| {
         let host = FakeHost::new(3);
         let start = |env: &[&str]| {
-            RuncContainer::start_with_env(
-                place,
-                host.dir.path(),
-                &bin("npu-container-runtime"),
-                &host.config_path,
-                |spec| {
-                    user_namespace(spec);
-                    let list = spec["process"]["env"].as_array_mut().unwrap();
-                    list.extend(env.iter().map(|e| serde_json::Value::from(*e)));
-                },
-            )
-            .unwrap_or_else(|e| panic!("{mode} {env:?}: {e}"))
+            npu_tests::runc::start_through_shim(place, &host, env, user_namespace)
+                .unwrap_or_else(|e| panic!("{mode} {env:?}: {e}"))
         };
         // dev_root is the fake host's, not /dev: the container still starts, with its NPU.
         let c = start(&["ASCEND_VISIBLE_DEVICES=1"]);

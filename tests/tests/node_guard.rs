@@ -4,19 +4,16 @@
 //! started through the shim under the same parent keep exactly their NPUs. Pure cgroup v2
 //! (dockerd in a private namespace) and this VM's hybrid layout (the guard on the unified
 //! tree, next to the v1 devices controller).
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{path::PathBuf, process::Command};
 
 use npu_runtime::node::config::PATH_ENV;
 use npu_tests::{
     bin,
-    cgroups::{Place, TestCgroup, each_cgroup_mode, unified_mount},
+    cgroups::{Place, TestCgroup, each_cgroup_mode, guards_attached, unified_mount},
     engines::{Containerd, Dockerd, Podman, matrix_script, parse_matrix},
     host::FakeHost,
     probe::probe,
-    require_root, require_tools, run,
+    require_root, require_tools,
     runc::expect_only,
     unique,
 };
@@ -27,22 +24,6 @@ fn can_run() -> bool {
 
 fn ctk(place: Place<'_>, host: &FakeHost, args: &[&str]) -> (bool, String) {
     npu_tests::npu_ctk_at(place, host, args)
-}
-
-/// The ids of the device programs attached to `dir` (a cgroup as the host sees it) named
-/// `npu_dev_guard`, from bpftool.
-fn guards_attached(dir: &Path) -> Vec<u64> {
-    let out = run(Command::new("bpftool")
-        .args(["-j", "cgroup", "show"])
-        .arg(dir));
-    let v: serde_json::Value =
-        serde_json::from_str(if out.trim().is_empty() { "[]" } else { &out }).unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["name"] == "npu_dev_guard")
-        .map(|p| p["id"].as_u64().unwrap())
-        .collect()
 }
 
 /// What --privileged does to devices, as far as this VM lets containers start (DESIGN 6).

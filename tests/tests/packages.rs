@@ -12,7 +12,7 @@ use std::{
 };
 
 use npu_tests::{
-    cgroups::{Place, TestCgroup, unified_mount},
+    cgroups::{Place, TestCgroup, guards_attached, unified_mount},
     engines::{Dockerd, matrix_script, parse_matrix},
     host::FakeHost,
     require, require_root, require_tools,
@@ -230,20 +230,6 @@ fn dpkg(args: &[&str], deb: Option<&Path>) -> String {
     ok(&mut cmd)
 }
 
-/// Device programs named `npu_dev_guard` attached to `dir`.
-fn guards_attached(dir: &Path) -> usize {
-    let out = ok(Command::new("bpftool")
-        .args(["-j", "cgroup", "show"])
-        .arg(dir));
-    let v: serde_json::Value =
-        serde_json::from_str(if out.trim().is_empty() { "[]" } else { &out }).unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["name"] == "npu_dev_guard")
-        .count()
-}
-
 /// The runc state root that holds container `id` under an engine's directory.
 fn runc_root_of(engine_dir: &Path, id: &str) -> PathBuf {
     let (_, found) = output(
@@ -424,18 +410,8 @@ fn package_installs_runs_upgrades_and_purges_cleanly() {
     );
     let matrix = matrix_script(host.chip_major, host.chips);
     let docker_verdicts = |npus: &str| {
-        let (_, out) = d.output(&[
-            "run",
-            "--rm",
-            "--runtime=npu",
-            "-e",
-            &format!("ASCEND_VISIBLE_DEVICES={npus}"),
-            &d.image,
-            "sh",
-            "-c",
-            &matrix,
-        ]);
-        parse_matrix(&out, host.chips)
+        let env = format!("ASCEND_VISIBLE_DEVICES={npus}");
+        d.verdicts(&[&env], &[], host.chip_major, host.chips)
     };
     assert_eq!(docker_verdicts("0,2"), expect_only(&[0, 2], host.chips));
     let (started, id) = d.output(&[
@@ -464,7 +440,7 @@ fn package_installs_runs_upgrades_and_purges_cleanly() {
         "policy show lists both"
     );
     ok(Command::new(ctk).args(["guard", "install", "--cgroup", &parent_path]));
-    assert_eq!(guards_attached(&parent.dir()), 1);
+    assert_eq!(guards_attached(&parent.dir()).len(), 1);
 
     // Upgrade under running containers: same verdicts, the edited config kept, the guard on.
     let upgrade_version = ok(Command::new("dpkg-deb")
@@ -484,7 +460,7 @@ fn package_installs_runs_upgrades_and_purges_cleanly() {
         "policy show after the upgrade"
     );
     assert_eq!(
-        guards_attached(&parent.dir()),
+        guards_attached(&parent.dir()).len(),
         1,
         "the guard across the upgrade"
     );
@@ -497,7 +473,7 @@ fn package_installs_runs_upgrades_and_purges_cleanly() {
     dpkg(&["-r", PACKAGE], None);
     assert!(!ctk.exists() && !shim.exists());
     assert_eq!(
-        guards_attached(&parent.dir()),
+        guards_attached(&parent.dir()).len(),
         0,
         "remove uninstalls the node guard"
     );

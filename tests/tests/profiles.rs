@@ -7,6 +7,7 @@
 use std::process::Command;
 
 use npu_runtime::node::config::PATH_ENV;
+use npu_tests::runc::start_through_shim as start;
 use npu_tests::{
     bin,
     cgroups::{Place, each_cgroup_mode},
@@ -42,27 +43,6 @@ fn add_acme(host: &mut FakeHost) -> Family {
          cdi_kind = \"acme.example/gpu\"\n",
     );
     acme
-}
-
-fn start<'a>(
-    place: Place<'a>,
-    host: &FakeHost,
-    env: &[&str],
-    edit: impl FnOnce(&mut serde_json::Value),
-) -> Result<RuncContainer<'a>, String> {
-    RuncContainer::start_with_env(
-        place,
-        host.dir.path(),
-        &bin("npu-container-runtime"),
-        &host.config_path,
-        |spec| {
-            let list = spec["process"]["env"].as_array_mut().unwrap();
-            for e in env {
-                list.push((*e).into());
-            }
-            edit(spec);
-        },
-    )
 }
 
 /// mknod + open verdicts for the chips of a family.
@@ -289,18 +269,7 @@ fn docker_on_a_mixed_host() {
         let mut host = FakeHost::new(4);
         let xpu = add_kunlun(&mut host, 4);
         let d = Dockerd::start(place, &host);
-        let matrix = |major: u32| npu_tests::engines::matrix_script(major, 4);
-        let run_with = |env: &[&str], extra: &[&str], major: u32| {
-            let mut args = vec!["run", "--rm", "--runtime=npu"];
-            for e in env {
-                args.extend(["-e", e]);
-            }
-            args.extend(extra);
-            let script = matrix(major);
-            args.extend([d.image.as_str(), "sh", "-c", &script]);
-            let (_, out) = d.output(&args);
-            npu_tests::engines::parse_matrix(&out, 4)
-        };
+        let run_with = |env: &[&str], flags: &[&str], major: u32| d.verdicts(env, flags, major, 4);
         let both = ["ASCEND_VISIBLE_DEVICES=3", "CXPU_VISIBLE_DEVICES=0,1"];
         assert_eq!(
             run_with(&both, &[], host.chip_major),

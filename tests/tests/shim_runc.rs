@@ -3,6 +3,7 @@
 use std::process::Command;
 
 use npu_runtime::node::config::PATH_ENV;
+use npu_tests::runc::start_through_shim as start;
 use npu_tests::{
     bin,
     cgroups::{Place, V2Namespace},
@@ -27,21 +28,6 @@ fn shim() -> std::path::PathBuf {
 }
 
 /// Starts a sleeping busybox container through the shim with `env` added.
-fn start<'a>(
-    place: Place<'a>,
-    host: &FakeHost,
-    env: &[&str],
-    edit: impl FnOnce(&mut serde_json::Value),
-) -> Result<RuncContainer<'a>, String> {
-    RuncContainer::start_with_env(place, host.dir.path(), &shim(), &host.config_path, |spec| {
-        let list = spec["process"]["env"].as_array_mut().unwrap();
-        for e in env {
-            list.push((*e).into());
-        }
-        edit(spec);
-    })
-}
-
 #[test]
 fn one_npu_container() {
     each_place(|place, mode| {

@@ -8,7 +8,7 @@ use npu_runtime::{node::cgroup::Layout, node::config::PATH_ENV, node::state};
 use npu_tests::{
     bin,
     cgroups::{Place, V2Namespace},
-    engines::{Dockerd, matrix_script, parse_matrix},
+    engines::Dockerd,
     have_tool,
     host::FakeHost,
     run,
@@ -139,20 +139,10 @@ fn print_policy(host: &FakeHost) {
 fn docker(host: &FakeHost) {
     println!("---- Docker (dockerd on this host, runtime \"npu\" registered by npu-ctk) ----");
     let d = Dockerd::start(Place::Host, host);
-    let script = matrix_script(host.chip_major, host.chips);
     for npus in ["3", "0,2"] {
-        let (_, out) = d.output(&[
-            "run",
-            "--rm",
-            "--runtime=npu",
-            "-e",
-            &format!("ASCEND_VISIBLE_DEVICES={npus}"),
-            &d.image,
-            "sh",
-            "-c",
-            &script,
-        ]);
-        let verdicts: Vec<String> = parse_matrix(&out, host.chips)
+        let env = format!("ASCEND_VISIBLE_DEVICES={npus}");
+        let verdicts: Vec<String> = d
+            .verdicts(&[&env], &[], host.chip_major, host.chips)
             .iter()
             .enumerate()
             .map(|(i, v)| {
