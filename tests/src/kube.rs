@@ -117,12 +117,18 @@ impl<'a> Cri<'a> {
             .spawn()
             .expect("start containerd");
         let deadline = Instant::now() + Duration::from_secs(30);
+        // Until the fixture exists its Drop cannot stop containerd: give up here, stopping it.
+        let mut give_up_if_late = |why: &dyn std::fmt::Display| {
+            if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+                crate::engines::stop(&mut child);
+                panic!(
+                    "containerd did not come up: {why}\n{}",
+                    std::fs::read_to_string(dir.join("containerd.log")).unwrap_or_default()
+                );
+            }
+        };
         while !socket.exists() {
-            assert!(
-                Instant::now() < deadline && child.try_wait().unwrap().is_none(),
-                "containerd did not come up:\n{}",
-                std::fs::read_to_string(dir.join("containerd.log")).unwrap_or_default()
-            );
+            give_up_if_late(&"no socket yet");
             std::thread::sleep(Duration::from_millis(50));
         }
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -145,12 +151,7 @@ impl<'a> Cri<'a> {
             );
             match connected {
                 Ok(channel) => break channel,
-                Err(e) => assert!(
-                    Instant::now() < deadline && child.try_wait().unwrap().is_none(),
-                    "containerd does not answer on {}: {e}\n{}",
-                    socket.display(),
-                    std::fs::read_to_string(dir.join("containerd.log")).unwrap_or_default()
-                ),
+                Err(e) => give_up_if_late(&format!("{}: {e}", socket.display())),
             }
             std::thread::sleep(Duration::from_millis(50));
         };
