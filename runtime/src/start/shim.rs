@@ -142,11 +142,7 @@ pub fn edit(config: &Config, spec: &mut Spec) -> Result<Treatment, Error> {
     };
     let env = spec.env()?;
     let profiles = config.profiles();
-    let asks = env.iter().any(|e| {
-        profiles
-            .iter()
-            .any(|p| e.starts_with(p.request_env.as_str()) || p.asks(e))
-    });
+    let asks = env.iter().any(|e| profiles.iter().any(|p| p.asks(e)));
     if !asks && !rules.iter().any(opens) && spec.devices().is_empty() {
         return Ok(Treatment::PassThrough);
     }
