@@ -35,6 +35,17 @@ pub fn free_char_majors_except(n: usize, taken: &[u32]) -> Vec<u32> {
     free
 }
 
+/// A char node `dir/name` (mode 0666) for `major:minor`.
+fn fake_node(dir: &Path, name: &str, major: u32, minor: u32) {
+    nix::sys::stat::mknod(
+        &dir.join(name),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+        nix::sys::stat::makedev(major.into(), minor.into()),
+    )
+    .unwrap_or_else(|e| panic!("mknod {name}: {e}"));
+}
+
 /// A simulated NPU host: device nodes with majors no driver owns (opening an allowed node
 /// gives ENXIO, a denied one EPERM), a config pointing at them, and a private bpffs dir.
 pub struct FakeHost {
@@ -68,15 +79,7 @@ impl FakeHost {
         let [chip_major, mgmt_major, other_major, virtual_major] = free_char_majors(4)[..] else {
             unreachable!()
         };
-        let mknod = |name: &str, major: u32, minor: u32| {
-            nix::sys::stat::mknod(
-                &dev_root.join(name),
-                nix::sys::stat::SFlag::S_IFCHR,
-                nix::sys::stat::Mode::from_bits_truncate(0o666),
-                nix::sys::stat::makedev(major.into(), minor.into()),
-            )
-            .unwrap_or_else(|e| panic!("mknod {name}: {e}"));
-        };
+        let mknod = |name: &str, major: u32, minor: u32| fake_node(&dev_root, name, major, minor);
         for i in 0..chips {
             mknod(&format!("davinci{i}"), chip_major, i);
             mknod(&format!("vdavinci{i}"), virtual_major, i);
@@ -225,15 +228,8 @@ impl FakeHost {
         )[..] else {
             unreachable!()
         };
-        let mknod = |name: &str, major: u32, minor: u32| {
-            nix::sys::stat::mknod(
-                &self.dev_root.join(name),
-                nix::sys::stat::SFlag::S_IFCHR,
-                nix::sys::stat::Mode::from_bits_truncate(0o666),
-                nix::sys::stat::makedev(major.into(), minor.into()),
-            )
-            .unwrap_or_else(|e| panic!("mknod {name}: {e}"));
-        };
+        let mknod =
+            |name: &str, major: u32, minor: u32| fake_node(&self.dev_root, name, major, minor);
         for i in 0..chips {
             mknod(&format!("{prefix}{i}"), chip_major, i);
         }
