@@ -4,6 +4,12 @@
 use aya_build::{Package, Toolchain};
 
 fn main() -> aya_build::Result<()> {
+    // aya-build relays every line the nested cargo prints on stderr as a cargo warning: its
+    // status lines ("Compiling core ...") would make a clean build print ~50 warnings. Quiet,
+    // the nested cargo prints only diagnostics, which are worth a warning, and errors.
+    // SAFETY: the build script is single-threaded here; nothing reads the environment
+    // concurrently.
+    unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../ebpf");
     println!("cargo:rerun-if-changed={root}/common/src");
     aya_build::build_ebpf(

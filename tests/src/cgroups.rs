@@ -134,7 +134,7 @@ impl V2Namespace {
     pub fn new() -> Self {
         // Make sure bpffs is on the host before the namespace copies the mount table, so
         // pins made inside are the host's.
-        npu_runtime::enforce::guard::ensure_bpffs(Path::new("/sys/fs/bpf")).expect("bpffs");
+        npu_runtime::enforce::guard::mount_bpffs(Path::new("/sys/fs/bpf")).expect("bpffs");
         let holder = Path::new("/run/npu-tests").join(unique("ns"));
         std::fs::create_dir_all(&holder).unwrap();
         // A namespace file can only be bind-mounted on a private mount.

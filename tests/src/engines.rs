@@ -176,7 +176,7 @@ fn wait_until_up(child: &mut Child, log: &Path, mut probe: Command) {
 }
 
 /// Stops a daemon we started: SIGTERM, then SIGKILL after 20 s.
-pub(crate) fn stop(child: &mut Child) {
+pub fn stop(child: &mut Child) {
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -194,10 +194,10 @@ pub(crate) fn stop(child: &mut Child) {
 /// in every hierarchy. Those that did not exist when this test process first looked are
 /// removed on request; the snapshot is per process, because tests run in parallel and a later
 /// fixture would otherwise take a sibling's leftovers for the host's.
-pub(crate) struct ParentCgroups(Vec<PathBuf>);
+pub struct ParentCgroups(Vec<PathBuf>);
 
 impl ParentCgroups {
-    pub(crate) fn snapshot(name: &str) -> Self {
+    pub fn snapshot(name: &str) -> Self {
         static FIRST_SEEN: std::sync::Mutex<Vec<(String, Vec<PathBuf>)>> =
             std::sync::Mutex::new(Vec::new());
         let mut seen = FIRST_SEEN.lock().unwrap_or_else(|e| e.into_inner());
@@ -213,7 +213,7 @@ impl ParentCgroups {
         Self(absent)
     }
 
-    pub(crate) fn remove(&self) {
+    pub fn remove(&self) {
         fn remove_tree(dir: &Path) {
             if let Ok(entries) = std::fs::read_dir(dir) {
                 for e in entries.flatten() {

@@ -3,8 +3,9 @@
 //! - [`cgroups`]: test cgroups and the pure cgroup v2 namespace ([`cgroups::Place`]);
 //! - [`probe`]: device verdicts from a process in given cgroups, and the expected matrix;
 //! - [`runc`]: runc containers from busybox bundles, through plain runc or our shim;
-//! - [`engines`]: private Docker, Podman and containerd daemons;
-//! - [`kube`]: containerd's CRI plugin driven as the kubelet drives it;
+//! - [`engines`]: private Docker, Podman and containerd daemons (containerd's CRI plugin,
+//!   driven as the kubelet drives it, lives with its suite in `tests/tests/kubernetes/cri.rs`:
+//!   its gRPC client is a dev-dependency);
 //! - [`syscalls`]: older kernels' code paths forced by hiding syscalls (seccomp);
 //! - [`qemu`]: Debian's kernels booted under qemu with the release binaries.
 //!
@@ -24,7 +25,6 @@ use crate::host::FakeHost;
 pub mod cgroups;
 pub mod engines;
 pub mod host;
-pub mod kube;
 pub mod probe;
 pub mod qemu;
 pub mod runc;

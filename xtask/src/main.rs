@@ -4,20 +4,22 @@
 //! fetch by itself: Debian packages (runc, bpftool, ...), the nightly `rust-src` component and
 //! `bpf-linker` built against the nightly's own LLVM (DESIGN.md section 5). `test` and `demo`
 //! run `setup` first, so each is a single command on a fresh machine.
-mod package;
-mod runc_suite;
-mod setup;
-
 use std::process::{Command, ExitCode};
+
+use xtask::{Result, cargo, package, release_build, run, setup, target_dir};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("setup") => setup::all(),
-        Some("test") => setup::all().and_then(|()| test(&args[1..])),
-        Some("demo") => setup::all().and_then(|()| release_binary("npu-demo")),
-        Some("bench") => setup::all().and_then(|()| release_binary("npu-bench")),
-        Some("package") => setup::all().and_then(|()| package::command(&args[1..])),
+        Some("setup") => setup::ensure(setup::Level::Tests),
+        Some("test") => setup::ensure(setup::Level::Tests).and_then(|()| test(&args[1..])),
+        Some("demo") => setup::ensure(setup::Level::Demo).and_then(|()| release_binary("npu-demo")),
+        Some("bench") => {
+            setup::ensure(setup::Level::Demo).and_then(|()| release_binary("npu-bench"))
+        }
+        Some("package") => {
+            setup::ensure(setup::Level::Packages).and_then(|()| package::command(&args[1..]))
+        }
         _ => Err(
             "usage: cargo xtask setup | test [cargo test args] | demo | bench | package \
              [--version V]"
@@ -33,63 +35,28 @@ fn main() -> ExitCode {
     }
 }
 
-pub type Result<T = ()> = std::result::Result<T, String>;
-
-/// Runs a command with inherited stdio, failing with its name if it fails.
-pub fn run(cmd: &mut Command) -> Result {
-    let status = cmd
-        .status()
-        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("{cmd:?} failed with {status}"))
-    }
-}
-
-fn cargo() -> Command {
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.env("PATH", setup::path_with_cargo_bin());
-    cmd
-}
-
-/// Cargo's target directory.
-fn target_dir() -> std::path::PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
-        std::path::PathBuf::from,
-    )
-}
-
-/// The release directory of [`release_build`].
-fn release_dir(target: &str) -> std::path::PathBuf {
-    target_dir().join(target).join("release")
-}
-
-/// Release build of every binary, linked statically against musl. The shim and the hook are
-/// exec'd on every container start, and a static glibc binary spends about 0.4 ms of that in
-/// its start-up CPU probing (`cpuid` traps to the hypervisor on a VM); a static musl binary
-/// starts in half the time (README, "Where the start time goes"). Returns their directory.
-fn release_build() -> Result<std::path::PathBuf> {
-    let target = setup::release_target()?;
-    run(cargo().args(["build", "--release", "--bins", "--target", &target]))?;
-    Ok(release_dir(&target))
-}
-
 /// Runs one release binary: `npu-demo` (real containers through the runtime on simulated
 /// NPUs) or `npu-bench`.
 fn release_binary(name: &str) -> Result {
     run(&mut Command::new(release_build()?.join(name)))
 }
 
-/// Test suites that take minutes and run beside the others (they mostly wait on emulators),
-/// each as (test target, test name to skip in the main run).
-const PARALLEL_SUITES: [(&str, &str); 2] = [
-    ("kernels", "npu_containers_on_older_and_current_kernels"),
-    (
-        "runc_conformance",
-        "runc_s_own_suite_passes_through_the_shim",
-    ),
+/// Test suites that take minutes and run beside the others (they mostly wait on emulators,
+/// downloads and dpkg), each as (test target, test name to skip in the main run), in lanes:
+/// the suites of a lane run one after the other, the lanes side by side.
+const LANES: [&[(&str, &str)]; 2] = [
+    // Two emulated CPUs and runc's suite at once would starve a 2-core machine.
+    &[
+        ("kernels", "npu_containers_on_older_and_current_kernels"),
+        (
+            "runc_conformance",
+            "runc_s_own_suite_passes_through_the_shim",
+        ),
+    ],
+    &[(
+        "setup_closure",
+        "setup_s_packages_bring_every_program_to_a_fresh_root",
+    )],
 ];
 
 /// The test that installs the .deb on this machine: (test target, test name).
@@ -137,47 +104,56 @@ fn test(extra: &[String]) -> Result {
     if !built.status.success() {
         return Err("cargo test --no-run failed".into());
     }
-    // One after the other, in one lane beside the main run: two emulated CPUs and runc's
-    // suite at once would starve a 2-core machine.
-    let mut lane = Vec::new();
-    for (target, _) in PARALLEL_SUITES {
-        let exe = test_executable(&built.stdout, target)?;
-        let log = std::env::temp_dir().join(format!("npu-xtask-{target}.log"));
-        lane.push((target, exe, log));
+    let mut lanes = Vec::new();
+    for suites in LANES {
+        let mut lane = Vec::new();
+        for (target, _) in suites {
+            let exe = test_executable(&built.stdout, target)?;
+            let log = std::env::temp_dir().join(format!("npu-xtask-{target}.log"));
+            lane.push((*target, exe, log));
+        }
+        let lane_env = env.clone();
+        lanes.push(std::thread::spawn(move || {
+            lane.into_iter()
+                .map(|(target, exe, log)| {
+                    let status = std::fs::File::create(&log)
+                        .and_then(|file| {
+                            Command::new(&exe)
+                                .envs(lane_env.iter().cloned())
+                                .stdout(file.try_clone()?)
+                                .stderr(file)
+                                .status()
+                        })
+                        .map_err(|e| format!("cannot run {}: {e}", exe.display()));
+                    (target, log, status)
+                })
+                .collect::<Vec<_>>()
+        }));
     }
+    let beside: Vec<&str> = LANES
+        .iter()
+        .flat_map(|l| l.iter().map(|(t, _)| *t))
+        .collect();
     eprintln!(
         "xtask: running the {} suites beside the others (output in {})",
-        PARALLEL_SUITES.map(|(t, _)| t).join(" and "),
+        beside.join(", "),
         std::env::temp_dir().display()
     );
-    let lane_env = env.clone();
-    let parallel = std::thread::spawn(move || {
-        lane.into_iter()
-            .map(|(target, exe, log)| {
-                let status = std::fs::File::create(&log)
-                    .and_then(|file| {
-                        Command::new(&exe)
-                            .envs(lane_env.iter().cloned())
-                            .stdout(file.try_clone()?)
-                            .stderr(file)
-                            .status()
-                    })
-                    .map_err(|e| format!("cannot run {}: {e}", exe.display()));
-                (target, log, status)
-            })
-            .collect::<Vec<_>>()
-    });
     let mut main = cargo();
     main.arg("test")
         .args(extra)
         .envs(env.iter().cloned())
         .arg("--");
-    for (_, name) in PARALLEL_SUITES.into_iter().chain([LAST_SUITE]) {
+    for (_, name) in LANES.iter().flat_map(|l| l.iter()).chain([&LAST_SUITE]) {
         main.args(["--skip", name]);
     }
     let result = run(&mut main);
     let mut failed = Vec::new();
-    for (target, log, status) in parallel.join().map_err(|_| "the parallel lane panicked")? {
+    let mut finished = Vec::new();
+    for lane in lanes {
+        finished.extend(lane.join().map_err(|_| "a parallel lane panicked")?);
+    }
+    for (target, log, status) in finished {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         match status {
             Ok(s) => {

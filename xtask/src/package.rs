@@ -7,7 +7,7 @@ use std::{
     process::Command,
 };
 
-use crate::{Result, run, setup};
+use crate::{Result, output, run, setup};
 
 const BINARIES: [&str; 3] = ["npu-container-runtime", "npu-container-hook", "npu-ctk"];
 
@@ -43,7 +43,7 @@ pub fn build(version: Option<&str>, out: Option<&Path>) -> Result<Packages> {
             .arg(release.join(name)))?;
     }
     let ctk = bin.join("npu-ctk");
-    setup::output(Command::new(&ctk).arg("man").arg("--output").arg(&man))?;
+    output(Command::new(&ctk).arg("man").arg("--output").arg(&man))?;
     let pages: Vec<PathBuf> = std::fs::read_dir(&man)
         .map_err(|e| format!("{}: {e}", man.display()))?
         .flatten()
@@ -62,7 +62,7 @@ pub fn build(version: Option<&str>, out: Option<&Path>) -> Result<Packages> {
         ("zsh", "_npu-ctk"),
         ("fish", "npu-ctk.fish"),
     ] {
-        let script = setup::output(Command::new(&ctk).args(["completion", shell]))?;
+        let script = output(Command::new(&ctk).args(["completion", shell]))?;
         std::fs::write(completions.join(file), script + "\n").map_err(|e| e.to_string())?;
     }
 

@@ -10,13 +10,17 @@ use std::{
     process::Command,
 };
 
-use crate::{Result, run, setup::output};
+use crate::{
+    Result,
+    apt::{self, Mirror, Private, Target},
+    output, run,
+};
 
 /// Where the prepared suite lives (the conformance suite reads the same default).
 pub const DIR: &str = "/var/cache/npu-tests/runc-suite";
 
 /// The helpers runc 1.1's suite expects at `contrib/cmd/NAME/NAME`.
-const HELPERS: [&str; 3] = ["recvtty", "sd-helper", "seccompagent"];
+pub const HELPERS: [&str; 3] = ["recvtty", "sd-helper", "seccompagent"];
 
 fn io(what: &str) -> impl Fn(std::io::Error) -> String + '_ {
     move |e| format!("{what}: {e}")
@@ -30,48 +34,33 @@ pub fn prepare() -> Result {
     if std::fs::read_to_string(&marker).is_ok_and(|v| v.trim() == version) {
         return Ok(());
     }
-    eprintln!("xtask: preparing runc {version}'s integration suite in {DIR}");
+    eprintln!(
+        "xtask setup: runc {version}'s integration suite in {DIR}: its source package, its \
+         helpers built with Go, a Debian image from debootstrap (2-4 min)"
+    );
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).map_err(io("create the suite directory"))?;
     let src = source(dir, &version)?;
-    helpers(dir, &src)?;
+    build_helpers(Target::Host, dir, &src)?;
     images(dir, &src)?;
     std::fs::write(&marker, &version).map_err(io("write the marker"))?;
     Ok(())
 }
 
-/// `apt-get source runc=VERSION` with a private deb-src configuration; returns the tree.
+/// `apt-get source runc=VERSION` with a private deb-src configuration (this release's suites
+/// on the machine's own archive); returns the tree.
 fn source(dir: &Path, version: &str) -> Result<PathBuf> {
-    let apt = dir.join("apt");
-    for sub in ["sources", "lists/partial", "cache/archives/partial"] {
-        std::fs::create_dir_all(apt.join(sub)).map_err(io("create the apt directories"))?;
-    }
-    std::fs::write(
-        apt.join("sources/debian-src.sources"),
-        "Types: deb-src\nURIs: http://deb.debian.org/debian\nSuites: bookworm bookworm-updates\n\
-         Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n\
-         Types: deb-src\nURIs: http://deb.debian.org/debian-security\nSuites: bookworm-security\n\
-         Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
-    )
-    .map_err(io("write the deb-src list"))?;
-    let private = |cmd: &str| {
-        let mut c = Command::new(cmd);
-        c.arg("-o").arg("Dir::Etc::sourcelist=/dev/null");
-        for (key, sub) in [
-            ("Dir::Etc::sourceparts", "sources"),
-            ("Dir::State::Lists", "lists"),
-            ("Dir::Cache", "cache"),
-        ] {
-            c.arg("-o")
-                .arg(format!("{key}={}", apt.join(sub).display()));
-        }
-        c.args(["-o", "APT::Sandbox::User=root"]);
-        c
-    };
-    run(private("apt-get").args(["update", "-qq"]))?;
+    let codename = apt::codename()?;
+    let sources = Mirror::of_this_machine()?.sources(
+        "deb-src",
+        &[&codename, &format!("{codename}-updates")],
+        true,
+    );
+    let apt = Private::new(&dir.join("apt"), &sources)?;
     let build = dir.join("src");
     std::fs::create_dir_all(&build).map_err(io("create the source directory"))?;
-    run(private("apt-get")
+    run(apt
+        .command("apt-get")
         .args(["source", "-qq"])
         .arg(format!("runc={version}"))
         .current_dir(&build))?;
@@ -84,18 +73,20 @@ fn source(dir: &Path, version: &str) -> Result<PathBuf> {
 }
 
 /// Builds the helpers in place with Debian's Go and Go packages, offline (GOPATH mode: the
-/// Debian source has no vendor/ directory).
-fn helpers(dir: &Path, src: &Path) -> Result {
+/// Debian source has no vendor/ directory), on `target` (the setup-closure suite builds them
+/// in a fresh root); `dir` and `src` are paths as the target sees them.
+pub fn build_helpers(target: Target<'_>, dir: &Path, src: &Path) -> Result {
     let gopath = dir.join("gopath");
     let link = gopath.join("src/github.com/opencontainers/runc");
-    std::fs::create_dir_all(link.parent().unwrap()).map_err(io("create GOPATH"))?;
-    std::os::unix::fs::symlink(src, &link).map_err(io("link the source into GOPATH"))?;
+    let host_link = target.host_path(&link);
+    std::fs::create_dir_all(host_link.parent().unwrap()).map_err(io("create GOPATH"))?;
+    std::os::unix::fs::symlink(src, &host_link).map_err(io("link the source into GOPATH"))?;
     for helper in HELPERS {
-        run(Command::new("go")
+        run(target
+            .command_in("go", &link)
             .args(["build", "-tags", "seccomp", "-o"])
             .arg(format!("contrib/cmd/{helper}/{helper}"))
             .arg(format!("./contrib/cmd/{helper}"))
-            .current_dir(&link)
             .env("GO111MODULE", "off")
             .env("GOPATH", format!("{}:/usr/share/gocode", gopath.display()))
             .env("GOCACHE", dir.join("gocache"))
@@ -114,9 +105,10 @@ fn images(dir: &Path, src: &Path) -> Result {
     // hooks.bats runs ldconfig in a Debian image.
     let debian = dir.join("debian-rootfs");
     run(Command::new("debootstrap")
-        .args(["--variant=minbase", "bookworm"])
+        .args(["--variant=minbase"])
+        .arg(apt::codename()?)
         .arg(&debian)
-        .arg("http://deb.debian.org/debian"))?;
+        .arg(Mirror::of_this_machine()?.archive))?;
     tar(&debian, &testdata.join("debian-amd64.tar.xz"))?;
     let _ = std::fs::remove_dir_all(&debian);
     Ok(())

@@ -1,30 +1,137 @@
-//! Idempotent installation of build and test prerequisites.
+//! Idempotent installation of build and test prerequisites, in three levels: what the demo
+//! needs, what `cargo xtask package` adds, and what the test suites add. Every program xtask,
+//! the demo or a suite runs comes from a package listed here (or from its dependencies, or
+//! from Debian's required packages): the setup-closure suite checks that in a fresh Debian
+//! root. Each step that installs something says what and roughly how long first.
 use std::{
     path::{Path, PathBuf},
     process::Command,
 };
 
-use crate::{Result, run};
+use crate::{
+    Result,
+    apt::{self, Mirror, Private},
+    output, run,
+};
 
-/// Debian packages the build, the demo and the suites use.
-const PACKAGES: &[&str] = &[
-    "bpftool",           // the bpftool views in tests and demo
-    "runc",              // the low-level runtime
-    "busybox-static",    // container root filesystems
-    "util-linux",        // unshare, nsenter (pure cgroup v2 namespace)
-    "docker.io",         // the Docker suites (dockerd 20.10, containerd)
-    "containerd",        // the containerd suite (ctr)
-    "podman",            // the Podman suites (runtime and hooks.d modes)
-    "strace",            // kills the hook at chosen syscalls in the fault suite
-    "qemu-system-x86",   // boots Debian's 5.10 and 6.1 kernels for the kernel suite
-    "cpio",              // packs the guests' initramfs
-    "protobuf-compiler", // protoc, for the Kubernetes suite's CRI client (k8s-cri)
-    "procps",            // pgrep, finding the CRI suite's containerd-shims
-    "binutils",          // strip, for the packages' binaries
-    "lintian",           // checks the .deb
-    "rpm",               // reads the .rpm's metadata and file list
-    "man-db",            // man -w, finding the installed package's pages
+/// A Debian package setup installs, and the programs from it that the demo, xtask or a suite
+/// run (the setup-closure suite looks each up in a fresh root).
+#[derive(Clone, Copy, Debug)]
+pub struct Package {
+    pub name: &'static str,
+    pub programs: &'static [&'static str],
+}
+
+const fn package(name: &'static str, programs: &'static [&'static str]) -> Package {
+    Package { name, programs }
+}
+
+/// What `cargo xtask demo` (and the build itself) needs.
+pub const DEMO_PACKAGES: &[Package] = &[
+    package("runc", &["runc"]),                     // the low-level runtime
+    package("busybox-static", &["busybox"]),        // container root filesystems
+    package("bpftool", &["bpftool"]),               // the demo's views of programs and maps
+    package("util-linux", &["unshare", "nsenter"]), // the pure cgroup v2 namespace
+    package("docker.io", &["dockerd", "docker"]),   // the demo's Docker part
+    package("protobuf-compiler", &["protoc"]),      // builds the CRI client the tests crate holds
 ];
+
+/// What `cargo xtask package` adds (with [`CARGO_TOOLS`]).
+pub const PACKAGING_PACKAGES: &[Package] = &[
+    package("binutils", &["strip"]), // strips the packages' binaries
+];
+
+/// What the test suites add.
+pub const TEST_PACKAGES: &[Package] = &[
+    package("containerd", &["containerd", "ctr"]), // the containerd and Kubernetes suites
+    package("protobuf-compiler", &["protoc"]),     // builds the Kubernetes suite's CRI client
+    package("podman", &["podman", "conmon"]),      // the Podman suites
+    package("strace", &["strace"]),                // kills the hook at chosen syscalls
+    package("qemu-system-x86", &["qemu-system-x86_64"]), // boots Debian's kernels
+    package("cpio", &["cpio"]),                    // packs the guests' initramfs
+    package("procps", &["pgrep", "pkill"]),        // finds the CRI suite's shims, recvtty
+    package("lintian", &["lintian"]),              // checks the .deb
+    package("rpm", &["rpm"]),                      // reads the .rpm's metadata and files
+    package("man-db", &["man"]),                   // man -w on the installed package
+    package("systemd", &["systemd-analyze"]),      // verifies the installed units
+    package("mmdebstrap", &["mmdebstrap"]),        // the setup-closure suite's fresh root
+    // runc's integration suite: bats in a terminal (script), jq in its helpers, its
+    // Debian image, its source package unpacked, and its helpers built with cgo.
+    package("bats", &["bats"]),
+    package("jq", &["jq"]),
+    package("bsdutils", &["script"]),
+    package("debootstrap", &["debootstrap"]),
+    package("dpkg-dev", &["dpkg-source"]),
+    package("xz-utils", &["xz"]),
+    package("golang-go", &["go"]),
+    package("gcc", &["gcc"]),
+    package("pkgconf", &["pkg-config"]),
+    package("libseccomp-dev", &[]),
+    // The Go libraries runc's helpers import (runc 1.1's Build-Depends, built offline).
+    package("golang-dbus-dev", &[]),
+    package("golang-github-checkpoint-restore-go-criu-dev", &[]),
+    package("golang-github-cilium-ebpf-dev", &[]),
+    package("golang-github-containerd-console-dev", &[]),
+    package("golang-github-coreos-go-systemd-dev", &[]),
+    package("golang-github-cyphar-filepath-securejoin-dev", &[]),
+    package("golang-github-docker-go-units-dev", &[]),
+    package("golang-github-moby-sys-dev", &[]),
+    package("golang-github-mrunalp-fileutils-dev", &[]),
+    package("golang-github-opencontainers-selinux-dev", &[]),
+    package("golang-github-opencontainers-specs-dev", &[]),
+    package("golang-github-seccomp-libseccomp-golang-dev", &[]),
+    package("golang-github-sirupsen-logrus-dev", &[]),
+    package("golang-github-urfave-cli-dev", &[]),
+    package("golang-github-vishvananda-netlink-dev", &[]),
+    package("golang-gocapability-dev", &[]),
+    package("golang-golang-x-net-dev", &[]),
+    package("golang-google-protobuf-dev", &[]),
+];
+
+/// How much to set up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// The build and the demo.
+    Demo,
+    /// Also `cargo xtask package`.
+    Packages,
+    /// Also every test suite.
+    Tests,
+}
+
+impl Level {
+    /// The Debian packages this level installs.
+    pub fn packages(self) -> Vec<Package> {
+        let mut list = DEMO_PACKAGES.to_vec();
+        if self >= Level::Packages {
+            list.extend_from_slice(PACKAGING_PACKAGES);
+        }
+        if self >= Level::Tests {
+            list.extend_from_slice(TEST_PACKAGES);
+        }
+        list
+    }
+}
+
+/// Installs this level's Debian packages on `target` that are missing, saying so first.
+pub fn install_packages(target: apt::Target<'_>, level: Level) -> Result {
+    let packages = level.packages();
+    let names: Vec<&str> = packages.iter().map(|p| p.name).collect();
+    let missing: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|p| !target.installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask setup: Debian packages: {} (about {} min)",
+        missing.join(" "),
+        1 + missing.len() / 15
+    );
+    target.install(&missing).map(drop)
+}
 
 /// The packaging tools `cargo xtask package` runs: (crate and cargo subcommand, version).
 const CARGO_TOOLS: [(&str, &str); 2] = [("cargo-deb", "3.8.0"), ("cargo-generate-rpm", "0.21.1")];
@@ -39,24 +146,36 @@ const KERNELS: [(&str, &str); 2] = [("bullseye", "5.10"), ("bookworm", "6.1")];
 /// bpf-linker release known to build against the nightly's LLVM 22.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-pub fn all() -> Result {
+/// Sets up `level`. The CPU-bound builds (bpf-linker, then the packaging tools) run beside
+/// the downloads and installs.
+pub fn ensure(level: Level) -> Result {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         return Err("setup installs packages and the tests need root: run as root".into());
     }
-    apt_packages()?;
+    // rustup first: the builds and rustup's changes to the toolchains do not overlap.
     rust_src()?;
-    bpf_linker()?;
     musl_target()?;
-    cargo_tools()?;
-    kernels()?;
-    crate::runc_suite::prepare()?;
-    Ok(())
+    let builds = std::thread::spawn(move || {
+        bpf_linker()?;
+        if level >= Level::Packages {
+            cargo_tools()?;
+        }
+        Ok::<_, String>(())
+    });
+    let rest = install_packages(apt::Target::Host, level).and_then(|()| {
+        if level >= Level::Tests {
+            kernels()?;
+            crate::runc_suite::prepare()?;
+        }
+        Ok(())
+    });
+    let built = builds.join().map_err(|_| "setup's build thread panicked")?;
+    rest.and(built)
 }
 
 /// Downloads the kernel suite's kernels into [`KERNEL_CACHE`] unless they are there, with a
-/// private apt configuration per suite, so the machine's own sources and lists stay as they
-/// are (DESIGN.md 6b).
+/// private apt configuration per suite (DESIGN.md 6b).
 fn kernels() -> Result {
     let cache = Path::new(KERNEL_CACHE);
     for (suite, series) in KERNELS {
@@ -72,54 +191,27 @@ fn kernels() -> Result {
         if have {
             continue;
         }
-        eprintln!("xtask: downloading Debian's {series} cloud kernel ({suite})");
-        let apt = cache.join(format!("apt-{suite}"));
-        for sub in ["sources", "lists/partial", "cache/archives/partial"] {
-            std::fs::create_dir_all(apt.join(sub)).map_err(|e| e.to_string())?;
-        }
-        std::fs::write(
-            apt.join("sources/debian.sources"),
-            format!(
-                "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: {suite}\n\
-                 Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
-            ),
-        )
-        .map_err(|e| e.to_string())?;
-        let private = |cmd: &str| {
-            let mut c = Command::new(cmd);
-            c.arg("-o").arg("Dir::Etc::sourcelist=/dev/null");
-            for (key, sub) in [
-                ("Dir::Etc::sourceparts", "sources"),
-                ("Dir::State::Lists", "lists"),
-                ("Dir::Cache", "cache"),
-            ] {
-                c.arg("-o")
-                    .arg(format!("{key}={}", apt.join(sub).display()));
-            }
-            c.args(["-o", "Dir::State::status=/dev/null"]);
-            // Root downloads into a root-only directory: no _apt sandbox user.
-            c.args(["-o", "APT::Sandbox::User=root"]);
-            c
-        };
-        run(private("apt-get").args(["update", "-qq"]))?;
-        // The metapackage names the suite's current kernel package.
-        let depends = output(private("apt-cache").args(["depends", "linux-image-cloud-amd64"]))?;
-        let package = depends
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("Depends: "))
-            .filter(|p| p.starts_with("linux-image-"))
-            .ok_or_else(|| format!("no kernel package named in {suite}'s metapackage"))?
-            .to_string();
-        run(private("apt-get")
+        eprintln!(
+            "xtask setup: Debian's {series} cloud kernel from {suite}, for the kernel suite \
+             (about 1 min)"
+        );
+        let dir = cache.join(format!("apt-{suite}"));
+        let apt = Private::new(
+            &dir,
+            &Mirror::of_this_machine()?.sources("deb", &[suite], false),
+        )?;
+        let package = apt.first_dependency("linux-image-cloud-amd64", "linux-image-")?;
+        run(apt
+            .command("apt-get")
             .args(["download", "-qq", &package])
-            .current_dir(&apt))?;
-        let deb = std::fs::read_dir(&apt)
+            .current_dir(&dir))?;
+        let deb = std::fs::read_dir(&dir)
             .map_err(|e| e.to_string())?
             .flatten()
             .map(|e| e.path())
             .find(|p| p.extension().is_some_and(|x| x == "deb"))
             .ok_or_else(|| format!("apt-get download {package} left no .deb"))?;
-        let extract = apt.join("extract");
+        let extract = dir.join("extract");
         std::fs::create_dir_all(&extract).map_err(|e| e.to_string())?;
         run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&extract))?;
         let boot = extract.join("boot");
@@ -133,46 +225,9 @@ fn kernels() -> Result {
             })
             .ok_or_else(|| format!("{package} holds no vmlinuz"))?;
         std::fs::copy(&image, cache.join(image.file_name().unwrap())).map_err(|e| e.to_string())?;
-        std::fs::remove_dir_all(&apt).map_err(|e| e.to_string())?;
+        std::fs::remove_dir_all(&dir).map_err(|e| e.to_string())?;
     }
     Ok(())
-}
-
-fn apt_packages() -> Result {
-    let missing: Vec<&str> = PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| !dpkg_installed(p))
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    eprintln!("xtask: installing {}", missing.join(" "));
-    run(Command::new("apt-get").args(["update", "-qq"]))?;
-    run(Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
-}
-
-fn dpkg_installed(package: &str) -> bool {
-    Command::new("dpkg-query")
-        .args(["-W", "-f=${db:Status-Status}", package])
-        .output()
-        .is_ok_and(|o| o.status.success() && o.stdout == b"installed")
-}
-
-pub fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .output()
-        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// The host's target triple (`rustc -vV`).
@@ -202,6 +257,9 @@ fn musl_target() -> Result {
     if installed.lines().any(|l| l.trim() == target) {
         return Ok(());
     }
+    eprintln!(
+        "xtask setup: the {target} standard library, for static release builds (under a minute)"
+    );
     run(Command::new("rustup").args(["target", "add", &target]))
 }
 
@@ -216,6 +274,7 @@ fn rust_src() -> Result {
     if sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
         return Ok(());
     }
+    eprintln!("xtask setup: the nightly's rust-src, for the eBPF crate's core (under a minute)");
     run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
 }
 
@@ -247,7 +306,9 @@ fn cargo_tools() -> Result {
             .output()
             .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(version));
         if !have {
-            eprintln!("xtask: installing {name} {version}");
+            eprintln!(
+                "xtask setup: building {name} {version} for cargo xtask package (4-5 min on 2 cores)"
+            );
             run(Command::new("cargo")
                 .args(["install", "--locked", name, "--version", version])
                 .env("PATH", path_with_cargo_bin()))?;
@@ -287,7 +348,10 @@ fn bpf_linker() -> Result {
     let link = prefix.join("lib/libLLVM.so");
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(lib.join(&llvm), &link).map_err(|e| e.to_string())?;
-    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against {llvm}");
+    eprintln!(
+        "xtask setup: building bpf-linker {BPF_LINKER_VERSION} against the nightly's {llvm}, \
+         which links the eBPF guard (3-4 min on 2 cores: most of the demo's setup)"
+    );
     run(Command::new("cargo")
         .args(["install", "--force", "bpf-linker", "--version"])
         .arg(BPF_LINKER_VERSION)

@@ -157,7 +157,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             let checks = doctor::run(
                 &config,
                 &sibling("npu-container-runtime")?,
-                &containerd_config,
+                containerd_config.as_deref(),
             );
             print(if as_json {
                 json(&checks)

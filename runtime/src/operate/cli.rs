@@ -38,13 +38,11 @@ pub enum Command {
         /// Print JSON instead of text
         #[arg(long)]
         json: bool,
-        /// containerd's config, for the CRI checks (the handler the kubelet's pods use)
-        #[arg(
-            long,
-            value_name = "PATH",
-            default_value = "/etc/containerd/config.toml"
-        )]
-        containerd_config: PathBuf,
+        /// containerd's config, for the CRI checks (the handler the kubelet's pods use);
+        /// default /etc/containerd/config.toml, checked on Kubernetes nodes or once the handler
+        /// is registered there
+        #[arg(long, value_name = "PATH")]
+        containerd_config: Option<PathBuf>,
     },
     /// List the NPUs and management devices found under dev_root, with major:minor
     Devices {

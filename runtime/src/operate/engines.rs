@@ -34,6 +34,35 @@ impl Engine {
         }
     }
 
+    /// The engine's own program, whose presence says the engine is installed.
+    pub fn program(self) -> &'static str {
+        match self {
+            Self::Docker => "dockerd",
+            Self::Containerd => "containerd",
+            Self::Podman => "podman",
+            Self::Crio => "crio",
+        }
+    }
+
+    /// Whether the engine is installed: its program on PATH or in the system's bin
+    /// directories (doctor may run with a short PATH).
+    pub fn installed(self) -> bool {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .chain(
+                [
+                    "/usr/local/sbin",
+                    "/usr/local/bin",
+                    "/usr/sbin",
+                    "/usr/bin",
+                    "/sbin",
+                    "/bin",
+                ]
+                .map(PathBuf::from),
+            )
+            .any(|dir| dir.join(self.program()).is_file())
+    }
+
     /// The file an edit touches: for CRI-O, our drop-in inside the given directory.
     fn file(self, config: &Path) -> PathBuf {
         match self {

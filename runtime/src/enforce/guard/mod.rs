@@ -763,31 +763,40 @@ fn is_bpffs(path: &Path) -> bool {
 /// Makes sure `bpf_dir` exists on a bpffs, mounting bpffs at /sys/fs/bpf when that is where
 /// it belongs and nothing is mounted there yet.
 pub fn ensure_bpffs(bpf_dir: &Path) -> Result<(), GuardError> {
+    mount_bpffs(bpf_dir)?;
+    // Someone else could have made it first, to read or plant pins: refuse such a one.
+    Ok(crate::node::trust::private_dir(bpf_dir)?)
+}
+
+/// Mounts bpffs at `/sys/fs/bpf` when `bpf_dir` is below it and no bpffs holds it yet; a
+/// `bpf_dir` elsewhere must already be on a bpffs. Whatever mode the bpffs root has (the
+/// kernel's default is 1777, which a plain `mount -t bpf` or an fstab line leaves), only
+/// `bpf_dir` itself must be private.
+pub fn mount_bpffs(bpf_dir: &Path) -> Result<(), GuardError> {
     let mut existing = bpf_dir;
     while !existing.exists() {
         existing = existing.parent().unwrap_or(Path::new("/"));
     }
-    if !is_bpffs(existing) {
-        let root = Path::new(BPFFS_ROOT);
-        if !(bpf_dir.starts_with(root) && existing.starts_with(root) && root.is_dir()) {
-            return Err(GuardError::NotBpffs {
-                path: bpf_dir.into(),
-            });
-        }
-        nix::mount::mount(
-            Some("bpf"),
-            root,
-            Some("bpf"),
-            nix::mount::MsFlags::MS_NOSUID
-                | nix::mount::MsFlags::MS_NODEV
-                | nix::mount::MsFlags::MS_NOEXEC,
-            Some("mode=0700"),
-        )
-        .map_err(|errno| GuardError::Bpffs {
-            path: root.into(),
-            source: errno.into(),
-        })?;
+    if is_bpffs(existing) {
+        return Ok(());
     }
-    // Someone else could have made it first, to read or plant pins: refuse such a one.
-    Ok(crate::node::trust::private_dir(bpf_dir)?)
+    let root = Path::new(BPFFS_ROOT);
+    if !(bpf_dir.starts_with(root) && existing.starts_with(root) && root.is_dir()) {
+        return Err(GuardError::NotBpffs {
+            path: bpf_dir.into(),
+        });
+    }
+    nix::mount::mount(
+        Some("bpf"),
+        root,
+        Some("bpf"),
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
+        Some("mode=0700"),
+    )
+    .map_err(|errno| GuardError::Bpffs {
+        path: root.into(),
+        source: errno.into(),
+    })
 }

@@ -37,6 +37,16 @@ const ALL_CAPS: &str = r#"["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_F
   "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_PTRACE", "CAP_NET_ADMIN", "CAP_SYS_RESOURCE"]"#;
 
 /// The CRI checks: the handler, then the sandboxes.
+/// Whether this node runs a kubelet (its program, or the directories it and kubeadm keep).
+pub fn kubernetes_node() -> bool {
+    ["/var/lib/kubelet", "/etc/kubernetes"]
+        .iter()
+        .any(|d| Path::new(d).is_dir())
+        || ["/usr/bin/kubelet", "/usr/local/bin/kubelet"]
+            .iter()
+            .any(|p| Path::new(p).is_file())
+}
+
 pub fn checks(config: &Config, containerd_config: &Path) -> Vec<Check> {
     vec![handler(containerd_config), sandboxes(config)]
 }

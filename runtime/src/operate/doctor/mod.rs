@@ -24,6 +24,8 @@ use crate::{
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
     Ok,
+    /// Nothing to do, but worth knowing (an engine that is not installed).
+    Info,
     Warn,
     Fail,
 }
@@ -42,7 +44,7 @@ fn check(name: &str, verdict: Verdict, detail: String, fix: &str) -> Check {
         name: name.into(),
         verdict,
         detail,
-        fix: if verdict == Verdict::Ok {
+        fix: if matches!(verdict, Verdict::Ok | Verdict::Info) {
             String::new()
         } else {
             fix.into()
@@ -57,6 +59,7 @@ pub fn report(checks: &[Check]) -> String {
         .map(|c| {
             let tag = match c.verdict {
                 Verdict::Ok => "[ ok ]",
+                Verdict::Info => "[info]",
                 Verdict::Warn => "[warn]",
                 Verdict::Fail => "[FAIL]",
             };
@@ -397,8 +400,9 @@ fn trust_checks(config: &Config, runtime_path: &Path) -> Vec<Check> {
 }
 
 /// Runs every check. `runtime_path` is the shim engines should point at; `containerd_config`
-/// the containerd config whose CRI plugin the kubelet talks to.
-pub fn run(config: &Config, runtime_path: &Path, containerd_config: &Path) -> Vec<Check> {
+/// the containerd config whose CRI plugin the kubelet talks to, when the operator names one
+/// (then the CRI checks run whatever the node looks like).
+pub fn run(config: &Config, runtime_path: &Path, containerd_config: Option<&Path>) -> Vec<Check> {
     let mut out = trust_checks(config, runtime_path);
     let layout = Layout::detect();
     out.push(match &layout {
@@ -505,14 +509,32 @@ pub fn run(config: &Config, runtime_path: &Path, containerd_config: &Path) -> Ve
             "install npu-container-runtime and npu-container-hook side by side",
         )
     });
+    // A containerd that only serves Docker needs no handler: one line says so, in place of
+    // the CRI checks. The CRI checks run when the operator names containerd's config, on a
+    // Kubernetes node, or once the handler is registered.
+    let cri_wanted = containerd_config.is_some() || cri::kubernetes_node();
+    let mut cri_checks = cri_wanted;
     for engine in [
         Engine::Docker,
         Engine::Containerd,
         Engine::Podman,
         Engine::Crio,
     ] {
-        let config_path = Path::new(engine.default_config());
+        let config_path = match (engine, containerd_config) {
+            (Engine::Containerd, Some(path)) => path,
+            _ => Path::new(engine.default_config()),
+        };
         let name = format!("{engine:?} configured").to_lowercase();
+        let lower = format!("{engine:?}").to_lowercase();
+        if !engine.installed() && !config_path.exists() {
+            out.push(check(
+                &name,
+                Verdict::Info,
+                format!("{lower} is not installed ({} not found)", engine.program()),
+                "",
+            ));
+            continue;
+        }
         let req = engines::Request {
             engine,
             config: config_path,
@@ -521,20 +543,31 @@ pub fn run(config: &Config, runtime_path: &Path, containerd_config: &Path) -> Ve
             dry_run: true,
         };
         out.push(match engines::apply(&req, true) {
-            Ok(o) if !o.changed => check(
+            Ok(o) if !o.changed => {
+                cri_checks |= engine == Engine::Containerd;
+                check(
+                    &name,
+                    Verdict::Ok,
+                    format!("runtime \"npu\" in {}", o.path.display()),
+                    "",
+                )
+            }
+            Ok(o) if engine == Engine::Containerd && !cri_wanted => check(
                 &name,
-                Verdict::Ok,
-                format!("runtime \"npu\" in {}", o.path.display()),
+                Verdict::Info,
+                format!(
+                    "no runtime \"npu\" in {}: no kubelet on this node, so containerd serves \
+                     other engines (Docker); its handler is needed only for Kubernetes or ctr \
+                     (npu-ctk runtime configure --runtime=containerd)",
+                    o.path.display()
+                ),
                 "",
             ),
             Ok(o) => check(
                 &name,
                 Verdict::Warn,
                 format!("no runtime \"npu\" in {}", o.path.display()),
-                &format!(
-                    "npu-ctk runtime configure --runtime={}",
-                    format!("{engine:?}").to_lowercase()
-                ),
+                &format!("npu-ctk runtime configure --runtime={lower}"),
             ),
             Err(e) => check(
                 &name,
@@ -544,6 +577,9 @@ pub fn run(config: &Config, runtime_path: &Path, containerd_config: &Path) -> Ve
             ),
         });
     }
-    out.extend(cri::checks(config, containerd_config));
+    if cri_checks {
+        let path = containerd_config.unwrap_or(Path::new(Engine::Containerd.default_config()));
+        out.extend(cri::checks(config, path));
+    }
     out
 }

@@ -12,8 +12,11 @@
 //!
 //! Privileged containers run on `vm-runc` below the shim: this VM's root lacks
 //! CAP_SYS_RESOURCE, which runc would otherwise fail to give them (DESIGN 6).
+mod cri;
+
 use std::{collections::BTreeSet, path::Path};
 
+use cri::{ContainerSpec, Cri, PodSpec};
 use k8s_cri::v1::LinuxContainerResources;
 use npu_tests::{
     bin,
@@ -21,7 +24,6 @@ use npu_tests::{
     engines::{matrix_script, parse_matrix},
     have_tool,
     host::FakeHost,
-    kube::{ContainerSpec, Cri, PodSpec},
     require, require_root, require_tools,
     runc::expect_only,
 };

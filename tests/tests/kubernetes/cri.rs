@@ -15,14 +15,14 @@ use k8s_cri::v1::{
     CreateContainerRequest, Device, ExecSyncRequest, ImageSpec, KeyValue, LinuxContainerConfig,
     LinuxContainerResources, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
     LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig,
-    PodSandboxMetadata, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
-    UpdateContainerResourcesRequest, runtime_service_client::RuntimeServiceClient,
+    PodSandboxMetadata, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    StopPodSandboxRequest, UpdateContainerResourcesRequest,
+    runtime_service_client::RuntimeServiceClient,
 };
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::{
+use npu_tests::{
     bin,
     cgroups::{Place, unified_mount},
     engines::{ParentCgroups, runtime_wrapper},
@@ -120,7 +120,7 @@ impl<'a> Cri<'a> {
         // Until the fixture exists its Drop cannot stop containerd: give up here, stopping it.
         let mut give_up_if_late = |why: &dyn std::fmt::Display| {
             if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
-                crate::engines::stop(&mut child);
+                npu_tests::engines::stop(&mut child);
                 panic!(
                     "containerd did not come up: {why}\n{}",
                     std::fs::read_to_string(dir.join("containerd.log")).unwrap_or_default()
@@ -178,10 +178,6 @@ impl<'a> Cri<'a> {
             .arg(&self.socket)
             .args(["--namespace", "k8s.io"]);
         cmd
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// Builds an OCI image layout of busybox (its command sleeps) and imports it.
@@ -382,21 +378,6 @@ impl<'a> Cri<'a> {
             .map_err(|s| s.message().to_string())
     }
 
-    /// StopContainer, then RemoveContainer.
-    pub fn remove_container(&mut self, id: &str) {
-        let _ = self
-            .rt
-            .block_on(self.client.stop_container(StopContainerRequest {
-                container_id: id.into(),
-                timeout: 0,
-            }));
-        let _ = self
-            .rt
-            .block_on(self.client.remove_container(RemoveContainerRequest {
-                container_id: id.into(),
-            }));
-    }
-
     /// StopPodSandbox, then RemovePodSandbox (its containers go with it).
     pub fn remove_pod(&mut self, pod: &Pod) {
         let _ = self
@@ -510,7 +491,7 @@ impl Drop for Cri<'_> {
                     .remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id }),
             );
         }
-        crate::engines::stop(&mut self.child);
+        npu_tests::engines::stop(&mut self.child);
         // The kubelet's pod cgroups (the runtime removes only the containers' own).
         self.parents.remove();
         let _ = Command::new("sh")

@@ -1,0 +1,65 @@
+//! Developer tasks: `cargo xtask setup | test | demo | bench | package`, as a library so the
+//! setup-closure suite (`tests/tests/setup_closure.rs`) installs setup's package lists into a
+//! fresh root with the same code setup runs here.
+pub mod apt;
+pub mod package;
+pub mod runc_suite;
+pub mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+pub type Result<T = ()> = std::result::Result<T, String>;
+
+/// Runs a command with inherited stdio, failing with its name if it fails.
+pub fn run(cmd: &mut Command) -> Result {
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?} failed with {status}"))
+    }
+}
+
+/// Runs a command and returns its trimmed stdout, failing with its stderr.
+pub fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Cargo, with `$CARGO_HOME/bin` first on PATH so builds find bpf-linker.
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.env("PATH", setup::path_with_cargo_bin());
+    cmd
+}
+
+/// Cargo's target directory.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        PathBuf::from,
+    )
+}
+
+/// Release build of every binary, linked statically against musl. The shim and the hook are
+/// exec'd on every container start, and a static glibc binary spends about 0.4 ms of that in
+/// its start-up CPU probing (`cpuid` traps to the hypervisor on a VM); a static musl binary
+/// starts in half the time (docs/benchmarks.md). Returns their directory.
+pub fn release_build() -> Result<PathBuf> {
+    let target = setup::release_target()?;
+    run(cargo().args(["build", "--release", "--bins", "--target", &target]))?;
+    Ok(target_dir().join(target).join("release"))
+}
