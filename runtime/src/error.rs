@@ -1,5 +1,5 @@
-//! The error of a shim or hook run: every module's error, so binaries print one message that
-//! names the culprit.
+//! The error of a shim or hook run: every lower module's error, so binaries print one message
+//! that names the culprit. The operator commands add theirs in `operate::error`, above this.
 use std::path::PathBuf;
 
 use crate::{
@@ -48,35 +48,6 @@ pub enum Error {
     NoHook(PathBuf),
     #[error("invalid container state on stdin: {0}")]
     BadState(String),
-    #[error(transparent)]
-    Engine(#[from] crate::operate::engines::EngineError),
-    #[error(transparent)]
-    Hooks(#[from] crate::operate::hooksd::HooksError),
-    #[error(transparent)]
-    Manual(#[from] crate::operate::manual::ManualError),
-    #[error("no device profile {0:?} (see npu-ctk profiles)")]
-    UnknownProfile(String),
-    #[error("no NPU container {0:?} is known (see npu-ctk policy show)")]
-    UnknownContainer(String),
-    #[error(
-        "NPU {npu} was never granted to container {id:?}: only original grants can be revoked or restored"
-    )]
-    NotGranted { id: String, npu: u32 },
-    #[error("{0} check(s) failed")]
-    ChecksFailed(usize),
-    #[error(
-        "this host has no cgroup v2 tree: the node guard needs one (on pure cgroup v1 hosts the \
-         shim's confinement is the protection)"
-    )]
-    NoUnifiedTree,
-    #[error(
-        "none of the guarded_parents exists here ({}): start the engines first, or name a \
-         parent with --cgroup",
-        .0.join(", ")
-    )]
-    NoGuardedParent(Vec<String>),
-    #[error("could not guard: {}", .0.join(", "))]
-    GuardFailed(Vec<String>),
     #[error("cannot {what}: {source}")]
     Stdio {
         what: &'static str,

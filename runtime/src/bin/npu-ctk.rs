@@ -3,7 +3,7 @@ use std::{io::Write, path::PathBuf, process::ExitCode};
 
 use clap::{CommandFactory, Parser};
 use npu_runtime::{
-    error::Error,
+    error::Error as LibraryError,
     node::config::Config,
     operate::{
         cdi,
@@ -11,7 +11,9 @@ use npu_runtime::{
             CdiCommand, Cli, Command, DeviceCommand, GuardCommand, HookCommand, PolicyCommand,
             RuntimeCommand,
         },
-        devices, doctor, engines, gc, hooksd, live, manual, monitor, node_guard, policy, profiles,
+        devices, doctor, engines,
+        error::Error,
+        gc, hooksd, live, manual, monitor, node_guard, policy, profiles,
     },
     start::shim,
 };
@@ -35,9 +37,12 @@ fn load_config() -> Result<Config, Error> {
 fn sibling(name: &str) -> Result<PathBuf, Error> {
     std::env::current_exe()
         .map(|exe| exe.with_file_name(name))
-        .map_err(|source| Error::Exec {
-            path: "/proc/self/exe".into(),
-            source,
+        .map_err(|source| {
+            LibraryError::Exec {
+                path: "/proc/self/exe".into(),
+                source,
+            }
+            .into()
         })
 }
 
@@ -102,9 +107,11 @@ fn run(cli: Cli) -> Result<(), Error> {
             )?;
             match output {
                 Some(path) => {
-                    std::fs::write(&path, json(&spec) + "\n").map_err(|source| Error::Stdio {
-                        what: "write the CDI spec",
-                        source,
+                    std::fs::write(&path, json(&spec) + "\n").map_err(|source| {
+                        LibraryError::Stdio {
+                            what: "write the CDI spec",
+                            source,
+                        }
                     })?;
                     print(format!("wrote {}", path.display()));
                 }

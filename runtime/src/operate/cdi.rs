@@ -14,9 +14,9 @@ use std::path::Path;
 use serde_json::{Value, json};
 
 use crate::{
-    error::Error,
     node::config::Config,
     node::devices::{DeviceNode, HostDevices},
+    operate::error::Error,
     start::mounts,
 };
 

@@ -12,10 +12,10 @@ use serde::Serialize;
 use crate::{
     enforce::guard::{self, GuardError, Maps},
     enforce::isolation,
-    error::Error,
     node::cgroup::Layout,
     node::config::Config,
     node::state,
+    operate::error::Error,
     operate::node_guard,
 };
 
@@ -134,10 +134,11 @@ pub fn run(config: &Config) -> Result<Report, Error> {
         .collect();
     in_use.extend(node_guard::versions_in_use(config));
     let current = guard::version();
-    let versions = guard::versions(&config.bpf_dir).map_err(|source| Error::Stdio {
-        what: "list pinned guard versions",
-        source,
-    })?;
+    let versions =
+        guard::versions(&config.bpf_dir).map_err(|source| crate::error::Error::Stdio {
+            what: "list pinned guard versions",
+            source,
+        })?;
     for version in versions {
         if version == current || in_use.contains(&version) {
             continue;

@@ -3,8 +3,8 @@
 //! Effective for the next open or mknod. No device cgroup (v1 or BPF) can take back a file
 //! descriptor the container already holds: revoking does not close open NPU handles.
 use crate::{
-    enforce::isolation, error::Error, node::config::Config, node::devices::HostDevices,
-    node::rules::Grant, node::state,
+    enforce::isolation, node::config::Config, node::devices::HostDevices, node::rules::Grant,
+    node::state, operate::error::Error,
 };
 
 /// What a revoke or restore did.

@@ -4,6 +4,7 @@ pub mod cli;
 pub mod devices;
 pub mod doctor;
 pub mod engines;
+pub mod error;
 pub mod gc;
 pub mod hooksd;
 pub mod live;

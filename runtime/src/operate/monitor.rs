@@ -14,12 +14,12 @@ use tokio::{io::unix::AsyncFd, sync::mpsc};
 
 use crate::{
     enforce::guard,
-    error::Error,
     node::cgroup::{Layout, Mount, container_of, path_of_id},
     node::config::Config,
     node::devices::HostDevices,
     node::rules::{Access, DevType},
     node::state,
+    operate::error::Error,
 };
 
 /// A denial, resolved for people.
@@ -276,7 +276,7 @@ pub fn run(config: &Config, json: bool, verbose: bool, out: &mut impl Write) -> 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|source| Error::Stdio {
+        .map_err(|source| crate::error::Error::Stdio {
             what: "start the event loop",
             source,
         })?;
@@ -294,7 +294,7 @@ pub fn run(config: &Config, json: bool, verbose: bool, out: &mut impl Write) -> 
         resolver.reload();
         let mut rescan = tokio::time::interval(Duration::from_secs(1));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|source| Error::Stdio {
+            .map_err(|source| crate::error::Error::Stdio {
                 what: "watch for SIGTERM",
                 source,
             })?;
@@ -319,7 +319,7 @@ pub fn run(config: &Config, json: bool, verbose: bool, out: &mut impl Write) -> 
                         // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, for as
                         // long as it lives, and the AsyncFd owns the RingBuf.
                         let fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-                            .map_err(|e| Error::Stdio {
+                            .map_err(|e| crate::error::Error::Stdio {
                                 what: "watch the denial ring buffer",
                                 source: e.into_parts().1,
                             })?;

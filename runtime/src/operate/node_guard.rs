@@ -20,13 +20,13 @@ use crate::{
         guard::{self, Guard},
         isolation,
     },
-    error::Error,
     node::{
         cgroup::{Layout, Mount},
         config::{self, Config},
         devices::HostDevices,
         state,
     },
+    operate::error::Error,
 };
 
 /// The node fact naming the guarded parents.

@@ -7,10 +7,10 @@ use serde::Serialize;
 
 use crate::{
     enforce::guard::{self, GuardError, Maps, Variant},
-    error::Error,
     node::config::Config,
     node::rules::Grant,
     node::state,
+    operate::error::Error,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
