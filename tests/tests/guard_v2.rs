@@ -199,3 +199,48 @@ fn upgrade_keeps_running_containers() {
         "new after",
     );
 }
+
+/// A bpffs left with the kernel's default mode 1777 at /sys/fs/bpf (as a plain
+/// `mount -t bpf bpf /sys/fs/bpf` or an fstab line leaves it): the fixtures' mount check
+/// accepts it, the runtime's pins go in a 0700 directory below it, and only making the
+/// world-writable root itself private is refused, naming it. In a private mount namespace of
+/// one thread, so the host's bpffs is never touched.
+#[test]
+fn a_world_writable_bpffs_root_holds_a_private_pin_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    if !require_root() {
+        return;
+    }
+    std::thread::spawn(|| {
+        use nix::{mount::MsFlags, sched::CloneFlags};
+        nix::sched::unshare(CloneFlags::CLONE_NEWNS).expect("unshare the mount namespace");
+        nix::mount::mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .unwrap();
+        let root = std::path::Path::new("/sys/fs/bpf");
+        nix::mount::mount(
+            Some("bpf"),
+            root,
+            Some("bpf"),
+            MsFlags::empty(),
+            Some("mode=1777"),
+        )
+        .expect("a fresh bpffs");
+        let mode =
+            |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(root), 0o1777);
+        npu_runtime::enforce::guard::mount_bpffs(root).expect("the fixtures' check");
+        let pins = root.join(unique("npu-pins"));
+        npu_runtime::enforce::guard::ensure_bpffs(&pins).expect("pins below a 1777 bpffs");
+        assert_eq!(mode(&pins), 0o700);
+        let refused = npu_runtime::enforce::guard::ensure_bpffs(root).unwrap_err();
+        assert!(refused.to_string().contains("/sys/fs/bpf"), "{refused}");
+    })
+    .join()
+    .unwrap();
+}

@@ -26,8 +26,8 @@ fn ours(program: &str) -> bool {
     matches!(program, "cargo" | "rustc" | "rustup") || program.starts_with("npu-")
 }
 
-/// Every program name the suites and xtask start: `Command::new("X")`, `.command("X")` and
-/// each name in `require_tools(&[...])`.
+/// Every program name the suites and xtask start: the literal names given to `Command::new`,
+/// `.command` and `require_tools`.
 fn programs_in_sources() -> BTreeSet<String> {
     let top = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut files = Vec::new();
@@ -41,9 +41,7 @@ fn programs_in_sources() -> BTreeSet<String> {
             for (at, _) in text.match_indices(marker) {
                 let rest = &text[at + marker.len()..];
                 let name = &rest[..rest.find('"').unwrap()];
-                if !name.contains('/') && !name.is_empty() {
-                    out.insert(name.to_string());
-                }
+                out.insert(name.to_string());
             }
         }
         for (at, _) in text.match_indices("require_tools(&[") {
@@ -57,7 +55,14 @@ fn programs_in_sources() -> BTreeSet<String> {
             );
         }
     }
-    out.retain(|p| !ours(p));
+    // Paths are not looked up, and neither is anything that is no program name (this file's
+    // own markers, say).
+    out.retain(|p| {
+        !p.is_empty()
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.+-".contains(c))
+            && !ours(p)
+    });
     out
 }
 
@@ -184,6 +189,48 @@ fn programs(level: Level) -> BTreeSet<&'static str> {
         .collect()
 }
 
+/// The root after the demo's packages is a plain Docker host (containerd came as Docker's
+/// dependency; no Podman, CRI-O or kubelet): once Docker is configured, doctor warns about no
+/// engine, and says once that containerd needs the handler only for Kubernetes or ctr.
+fn docker_only_doctor(root: &Root) {
+    let bin_dir = root.path().join("usr/local/bin");
+    for name in ["npu-ctk", "npu-container-runtime", "npu-container-hook"] {
+        std::fs::copy(npu_tests::bin(name), bin_dir.join(name)).unwrap();
+    }
+    let ctk = |args: &[&str]| {
+        let out = Target::Root(root.path())
+            .command("/usr/local/bin/npu-ctk")
+            .args(args)
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    ctk(&["runtime", "configure", "--runtime=docker"]);
+    let doctor = ctk(&["doctor"]);
+    let engine_lines: Vec<&str> = doctor
+        .lines()
+        .filter(|l| l.contains(" configured: ") || l.contains("CRI"))
+        .collect();
+    let expect = [
+        "[ ok ] docker configured: runtime \"npu\" in /etc/docker/daemon.json",
+        "[info] containerd configured: no runtime \"npu\" in /etc/containerd/config.toml",
+        "[info] podman configured: podman is not installed",
+        "[info] crio configured: crio is not installed",
+    ];
+    assert_eq!(engine_lines.len(), expect.len(), "{doctor}");
+    for (line, want) in engine_lines.iter().zip(expect) {
+        assert!(line.starts_with(want), "{want:?} in:\n{doctor}");
+    }
+    assert!(
+        engine_lines[1].contains("needed only for Kubernetes or ctr"),
+        "{doctor}"
+    );
+}
+
 #[test]
 fn setup_s_packages_bring_every_program_to_a_fresh_root() {
     if !require_root() || !require_tools(&["mmdebstrap", "chroot", "tar"]) {
@@ -200,6 +247,8 @@ fn setup_s_packages_bring_every_program_to_a_fresh_root() {
         missing.is_empty(),
         "after the demo's setup, not found in a fresh root: {missing:?}"
     );
+
+    docker_only_doctor(&root);
 
     setup::install_packages(target, Level::Tests).expect("every level's packages");
     let sources = programs_in_sources();

@@ -65,6 +65,7 @@ pub const TEST_PACKAGES: &[Package] = &[
     package("xz-utils", &["xz"]),
     package("golang-go", &["go"]),
     package("gcc", &["gcc"]),
+    package("libc6-dev", &[]), // gcc only recommends the C library's headers
     package("pkgconf", &["pkg-config"]),
     package("libseccomp-dev", &[]),
     // The Go libraries runc's helpers import (runc 1.1's Build-Depends, built offline).
@@ -350,7 +351,7 @@ fn bpf_linker() -> Result {
     std::os::unix::fs::symlink(lib.join(&llvm), &link).map_err(|e| e.to_string())?;
     eprintln!(
         "xtask setup: building bpf-linker {BPF_LINKER_VERSION} against the nightly's {llvm}, \
-         which links the eBPF guard (3-4 min on 2 cores: most of the demo's setup)"
+         which links the eBPF guard (about 2 min on 2 cores)"
     );
     run(Command::new("cargo")
         .args(["install", "--force", "bpf-linker", "--version"])

@@ -47,19 +47,8 @@ impl Engine {
     /// Whether the engine is installed: its program on PATH or in the system's bin
     /// directories (doctor may run with a short PATH).
     pub fn installed(self) -> bool {
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        std::env::split_paths(&path)
-            .chain(
-                [
-                    "/usr/local/sbin",
-                    "/usr/local/bin",
-                    "/usr/sbin",
-                    "/usr/bin",
-                    "/sbin",
-                    "/bin",
-                ]
-                .map(PathBuf::from),
-            )
+        crate::start::shim::search_dirs()
+            .iter()
             .any(|dir| dir.join(self.program()).is_file())
     }
 

@@ -31,14 +31,19 @@ const SYSTEM_PATH: [&str; 6] = [
     "/bin",
 ];
 
-/// The first executable of `config.runtimes` (a path, or a name looked up in PATH and then
-/// in the standard system directories).
+/// Where programs are looked up: PATH, then the standard system directories.
+pub fn search_dirs() -> Vec<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(SYSTEM_PATH.iter().map(PathBuf::from))
+        .collect()
+}
+
+/// The first executable of `config.runtimes` (a path, or a name looked up in
+/// [`search_dirs`]).
 pub fn find_runtime(config: &Config) -> Result<PathBuf, Error> {
     let ours = std::env::current_exe().ok();
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let dirs: Vec<PathBuf> = std::env::split_paths(&path)
-        .chain(SYSTEM_PATH.iter().map(PathBuf::from))
-        .collect();
+    let dirs = search_dirs();
     for name in &config.runtimes {
         let candidates: Vec<PathBuf> = if name.contains('/') {
             vec![PathBuf::from(name)]
