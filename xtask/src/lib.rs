@@ -25,14 +25,16 @@ pub fn run(cmd: &mut Command) -> Result {
     }
 }
 
-/// Runs a command and returns its trimmed stdout, failing with its stderr.
+/// Runs a command and returns its trimmed stdout, failing with everything it printed.
 pub fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd
         .output()
         .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
     if !out.status.success() {
         return Err(format!(
-            "{cmd:?} failed: {}",
+            "{cmd:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         ));
     }

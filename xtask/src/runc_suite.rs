@@ -104,11 +104,14 @@ fn images(dir: &Path, src: &Path) -> Result {
     tar(&busybox, &testdata.join("busybox-amd64.tar.xz"))?;
     // hooks.bats runs ldconfig in a Debian image.
     let debian = dir.join("debian-rootfs");
-    run(Command::new("debootstrap")
-        .args(["--variant=minbase"])
-        .arg(apt::codename()?)
-        .arg(&debian)
-        .arg(Mirror::of_this_machine()?.archive))?;
+    // Its hundreds of progress lines are shown only if it fails.
+    output(
+        Command::new("debootstrap")
+            .args(["--variant=minbase"])
+            .arg(apt::codename()?)
+            .arg(&debian)
+            .arg(Mirror::of_this_machine()?.archive),
+    )?;
     tar(&debian, &testdata.join("debian-amd64.tar.xz"))?;
     let _ = std::fs::remove_dir_all(&debian);
     Ok(())
