@@ -145,7 +145,6 @@ impl Root {
         let target = self.path().join(at);
         std::fs::create_dir_all(&target).unwrap();
         run(Command::new("mount").arg("--rbind").arg(from).arg(&target));
-        run(Command::new("mount").arg("--make-rslave").arg(&target));
         self.mounts.push(target);
     }
 
@@ -236,7 +235,28 @@ fn setup_s_packages_bring_every_program_to_a_fresh_root() {
     if !require_root() || !require_tools(&["mmdebstrap", "chroot", "tar"]) {
         return;
     }
-    let root = Root::new(&base_tarball());
+    let tarball = base_tarball();
+    // The root's bind mounts are made in a mount namespace of this test's own, so suites
+    // running beside it never see the host's mount table change.
+    std::thread::spawn(move || {
+        use nix::{mount::MsFlags, sched::CloneFlags};
+        nix::sched::unshare(CloneFlags::CLONE_NEWNS).expect("unshare the mount namespace");
+        nix::mount::mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .unwrap();
+        in_a_fresh_root(&tarball);
+    })
+    .join()
+    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+}
+
+fn in_a_fresh_root(tarball: &Path) {
+    let root = Root::new(tarball);
     let target = Target::Root(root.path());
     // What minbase lacks: the demo's programs are not there yet (the test can tell).
     assert!(!root.missing(["runc", "dockerd"]).is_empty());

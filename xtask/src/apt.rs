@@ -64,24 +64,14 @@ impl Target<'_> {
             .is_ok_and(|o| o.status.success() && o.stdout == b"installed")
     }
 
-    /// Installs those of `packages` that are missing (no recommends), after one
-    /// `apt-get update`; returns how many it installed.
-    pub fn install(self, packages: &[&str]) -> Result<usize> {
-        let missing: Vec<&str> = packages
-            .iter()
-            .copied()
-            .filter(|p| !self.installed(p))
-            .collect();
-        if missing.is_empty() {
-            return Ok(0);
-        }
+    /// Installs `packages` (no recommends) after one `apt-get update`.
+    pub fn install(self, packages: &[&str]) -> Result {
         run(self.command("apt-get").args(["update", "-qq"]))?;
         run(self
             .command("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
-        Ok(missing.len())
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"))
     }
 }
 

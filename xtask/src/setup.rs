@@ -116,11 +116,10 @@ impl Level {
 
 /// Installs this level's Debian packages on `target` that are missing, saying so first.
 pub fn install_packages(target: apt::Target<'_>, level: Level) -> Result {
-    let packages = level.packages();
-    let names: Vec<&str> = packages.iter().map(|p| p.name).collect();
-    let missing: Vec<&str> = names
+    let missing: Vec<&str> = level
+        .packages()
         .iter()
-        .copied()
+        .map(|p| p.name)
         .filter(|p| !target.installed(p))
         .collect();
     if missing.is_empty() {
@@ -131,7 +130,7 @@ pub fn install_packages(target: apt::Target<'_>, level: Level) -> Result {
         missing.join(" "),
         1 + missing.len() / 15
     );
-    target.install(&missing).map(drop)
+    target.install(&missing)
 }
 
 /// The packaging tools `cargo xtask package` runs: (crate and cargo subcommand, version).
