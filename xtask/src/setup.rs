@@ -33,7 +33,6 @@ pub const DEMO_PACKAGES: &[Package] = &[
     package("bpftool", &["bpftool"]),               // the demo's views of programs and maps
     package("util-linux", &["unshare", "nsenter"]), // the pure cgroup v2 namespace
     package("docker.io", &["dockerd", "docker"]),   // the demo's Docker part
-    package("protobuf-compiler", &["protoc"]),      // builds the CRI client the tests crate holds
 ];
 
 /// What `cargo xtask package` adds (with [`CARGO_TOOLS`]).
@@ -59,6 +58,7 @@ pub const TEST_PACKAGES: &[Package] = &[
     // Debian image, its source package unpacked, and its helpers built with cgo.
     package("bats", &["bats"]),
     package("jq", &["jq"]),
+    package("gawk", &["gawk"]), // the suite's helpers.bash parses cgroup paths with it
     package("bsdutils", &["script"]),
     package("debootstrap", &["debootstrap"]),
     package("dpkg-dev", &["dpkg-source"]),
