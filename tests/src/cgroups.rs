@@ -205,3 +205,26 @@ pub fn each_cgroup_mode(test: impl Fn(Place<'_>, &str)) {
     test(Place::V2(&ns), "cgroup v2");
     test(Place::Host, "cgroup v1");
 }
+
+/// Runs `f` on a thread of its own in a private mount namespace: what it mounts, and what the
+/// processes it starts mount, never reaches the host's mount table (suites running beside it
+/// check that table). Its panic is the caller's.
+pub fn in_private_mount_namespace<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        use nix::{mount::MsFlags, sched::CloneFlags};
+        // One thread of a multi-threaded process may take a mount namespace of its own; it
+        // lives as long as the thread and the processes it starts.
+        nix::sched::unshare(CloneFlags::CLONE_NEWNS).expect("unshare the mount namespace");
+        nix::mount::mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .expect("make the namespace's mounts private");
+        f()
+    })
+    .join()
+    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}

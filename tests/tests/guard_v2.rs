@@ -211,17 +211,8 @@ fn a_world_writable_bpffs_root_holds_a_private_pin_directory() {
     if !require_root() {
         return;
     }
-    std::thread::spawn(|| {
-        use nix::{mount::MsFlags, sched::CloneFlags};
-        nix::sched::unshare(CloneFlags::CLONE_NEWNS).expect("unshare the mount namespace");
-        nix::mount::mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-            None::<&str>,
-        )
-        .unwrap();
+    npu_tests::cgroups::in_private_mount_namespace(|| {
+        use nix::mount::MsFlags;
         let root = std::path::Path::new("/sys/fs/bpf");
         nix::mount::mount(
             Some("bpf"),
@@ -240,7 +231,5 @@ fn a_world_writable_bpffs_root_holds_a_private_pin_directory() {
         assert_eq!(mode(&pins), 0o700);
         let refused = npu_runtime::enforce::guard::ensure_bpffs(root).unwrap_err();
         assert!(refused.to_string().contains("/sys/fs/bpf"), "{refused}");
-    })
-    .join()
-    .unwrap();
+    });
 }

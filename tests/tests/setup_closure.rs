@@ -13,7 +13,7 @@ use std::{
     process::Command,
 };
 
-use npu_tests::{require, require_root, require_tools, run};
+use npu_tests::{cgroups::in_private_mount_namespace, require, require_root, require_tools, run};
 use xtask::{
     apt::{self, Mirror, Target},
     setup::{self, Level},
@@ -238,21 +238,7 @@ fn setup_s_packages_bring_every_program_to_a_fresh_root() {
     let tarball = base_tarball();
     // The root's bind mounts are made in a mount namespace of this test's own, so suites
     // running beside it never see the host's mount table change.
-    std::thread::spawn(move || {
-        use nix::{mount::MsFlags, sched::CloneFlags};
-        nix::sched::unshare(CloneFlags::CLONE_NEWNS).expect("unshare the mount namespace");
-        nix::mount::mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-            None::<&str>,
-        )
-        .unwrap();
-        in_a_fresh_root(&tarball);
-    })
-    .join()
-    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    in_private_mount_namespace(move || in_a_fresh_root(&tarball));
 }
 
 fn in_a_fresh_root(tarball: &Path) {
