@@ -196,17 +196,48 @@ fn package_files_metadata_and_lintian() {
     }
 }
 
-/// Purges the package if a test left it installed.
+/// Written before this suite installs the package and removed after its purge: a run killed
+/// in between (a stopped CI job, a lost session) leaves it, so the next run can tell its own
+/// leftover from an operator's installation, which it never touches.
+const MARKER: &str = "/var/lib/npu-tests/package-suite-installed";
+
+/// The package installed by this suite: purged (and the marker removed) on drop.
 struct Installed;
+
+impl Installed {
+    /// Takes the machine over for the suite: purges what an interrupted run of this suite left,
+    /// refuses an installation that is not the suite's.
+    fn take_over() -> Installed {
+        if let Some(version) = installed_version() {
+            assert!(
+                Path::new(MARKER).exists(),
+                "{PACKAGE} {version} is installed here and not by this suite (no {MARKER}); \
+                 this suite installs and purges it"
+            );
+            eprintln!("purging {PACKAGE} {version}, left by an interrupted run of this suite");
+            purge();
+        }
+        std::fs::create_dir_all(Path::new(MARKER).parent().unwrap()).unwrap();
+        std::fs::write(MARKER, "").unwrap();
+        Installed
+    }
+}
+
+fn purge() {
+    let _ = Command::new("dpkg")
+        .args(["--purge", PACKAGE])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
 
 impl Drop for Installed {
     fn drop(&mut self) {
-        let _ = Command::new("dpkg")
-            .args(["--purge", PACKAGE])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        purge();
+        if installed_version().is_none() {
+            let _ = std::fs::remove_file(MARKER);
+        }
     }
 }
 
@@ -281,10 +312,7 @@ fn package_installs_runs_upgrades_and_purges_cleanly() {
         return;
     }
     let Some(p) = packages() else { return };
-    assert!(
-        installed_version().is_none(),
-        "{PACKAGE} is already installed here; this suite installs and purges it"
-    );
+    let _installed = Installed::take_over();
     let version = env!("CARGO_PKG_VERSION");
     let engine_configs = [
         "/etc/docker/daemon.json",
@@ -298,7 +326,6 @@ fn package_installs_runs_upgrades_and_purges_cleanly() {
     let host = FakeHost::new(4);
 
     // Install: units enabled, no engine touched, the line to run printed.
-    let _installed = Installed;
     let out = dpkg(&["-i"], Some(&p.deb));
     assert!(
         out.contains("npu-ctk runtime configure --runtime=docker"),
