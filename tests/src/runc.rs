@@ -58,12 +58,15 @@ pub fn write_bundle(
     (bundle, bytes)
 }
 
-/// A runc container running `sleep` from a busybox bundle, deleted on drop.
+/// A runc container running `sleep` from a busybox bundle, deleted on drop through the
+/// runtime that created it (as engines do: the shim cleans up after the runtime's delete).
 pub struct RuncContainer<'a> {
     pub place: Place<'a>,
     pub id: String,
     pub root: PathBuf,
     pub bundle: PathBuf,
+    runtime: PathBuf,
+    config: Option<PathBuf>,
 }
 
 impl<'a> RuncContainer<'a> {
@@ -99,32 +102,29 @@ impl<'a> RuncContainer<'a> {
         let id = unique("npu-ctr");
         let root = dir.join(format!("{id}-state"));
         let (bundle, _) = write_bundle(dir, &id, &["sleep", "3600"], edit);
-        let container = Self {
-            place,
-            id,
-            root,
-            bundle,
-        };
         // The container inherits these descriptors: no pipe we would wait on for EOF.
-        let errors = dir.join(format!("{}.stderr", container.id));
-        let mut cmd = place.command(runtime);
-        if let Some(config) = config {
-            cmd.env(npu_runtime::node::config::PATH_ENV, config);
-        }
-        let status = cmd
-            .arg("--root")
-            .arg(&container.root)
+        let errors = dir.join(format!("{id}.stderr"));
+        let status = runtime_command(place, runtime, config, &root)
             .args(["run", "-d", "--bundle"])
-            .arg(&container.bundle)
-            .arg(&container.id)
+            .arg(&bundle)
+            .arg(&id)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&errors).unwrap())
             .status()
             .map_err(|e| e.to_string())?;
         if status.success() {
-            Ok(container)
+            Ok(Self {
+                place,
+                id,
+                root,
+                bundle,
+                runtime: runtime.to_path_buf(),
+                config: config.map(Path::to_path_buf),
+            })
         } else {
+            // Nothing to delete: the runtime tore down what it had made (and an engine's
+            // delete of it afterwards would hide what the shim left).
             // Hook errors reach us inside runc's own message, with their quotes escaped.
             Err(std::fs::read_to_string(&errors)
                 .unwrap_or_default()
@@ -148,6 +148,16 @@ impl<'a> RuncContainer<'a> {
         (0..host.chips)
             .map(|i| self.node_verdict(host.chip_major, i))
             .collect()
+    }
+
+    /// The runtime the container was created with, told its root and our configuration.
+    pub fn runtime_command(&self) -> Command {
+        runtime_command(
+            self.place,
+            &self.runtime,
+            self.config.as_deref(),
+            &self.root,
+        )
     }
 
     pub fn runc(&self) -> Command {
@@ -188,13 +198,28 @@ impl<'a> RuncContainer<'a> {
 impl Drop for RuncContainer<'_> {
     fn drop(&mut self) {
         let _ = self
-            .runc()
+            .runtime_command()
             .args(["delete", "-f", &self.id])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// `runtime` at `place`, told its state root and our configuration file (if any).
+fn runtime_command(
+    place: Place<'_>,
+    runtime: &Path,
+    config: Option<&Path>,
+    root: &Path,
+) -> Command {
+    let mut cmd = place.command(runtime);
+    if let Some(config) = config {
+        cmd.env(npu_runtime::node::config::PATH_ENV, config);
+    }
+    cmd.arg("--root").arg(root);
+    cmd
 }
 
 /// Opens `path` for reading in a container and names the outcome: `ENXIO`, `EPERM`, `ENOENT`

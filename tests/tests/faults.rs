@@ -225,7 +225,8 @@ fn runc_killed_mid_create() {
         assert!(std::time::Instant::now() < deadline, "the hook never ran");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    // The shim exec'd runc: same pid.
+    // The shim's runc is tied to it (as an exec'd runc would be the same process): killing
+    // the command the engine started kills runc mid-create.
     runc.kill().unwrap();
     runc.wait().unwrap();
     std::fs::write(&release, "").unwrap();
@@ -255,4 +256,74 @@ fn runc_killed_mid_create() {
     for hierarchy in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
         let _ = std::fs::remove_dir(hierarchy.path().join(&id));
     }
+}
+
+/// The shim killed while the runtime deletes a container (an engine's timeout): the runtime's
+/// delete is not tied to the shim and finishes; what the shim had no time to clean up (the
+/// record, the grants) is found by `npu-ctk gc`.
+#[test]
+fn shim_killed_mid_delete() {
+    if !(can_run() && require("bpftool", have_tool("bpftool"))) {
+        return;
+    }
+    let mut host = FakeHost::new(2);
+    let c = npu_tests::runc::start_npu(Place::Host, &host, "1").expect("start");
+    assert_eq!(host.records().len(), 1);
+    let dir = host.dir.path().join("slow");
+    std::fs::create_dir_all(&dir).unwrap();
+    let entered = dir.join("delete-entered");
+    let release = dir.join("delete-release");
+    let slow = dir.join("slow-runc");
+    // runc, held at the start of `delete` until released.
+    std::fs::write(
+        &slow,
+        format!(
+            "#!/bin/sh\ncase \" $* \" in *\" delete \"*)\n  touch {e}\n  while [ ! -e {r} ]; do sleep 0.05; done;;\nesac\nexec {runc} \"$@\"\n",
+            e = entered.display(),
+            r = release.display(),
+            runc = run(Command::new("sh").args(["-c", "command -v runc"])).trim()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    host.append_config(&format!("runtimes = [{:?}]\n", slow));
+    let mut shim = c
+        .runtime_command()
+        .args(["delete", "-f", &c.id])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !entered.exists() {
+        assert!(std::time::Instant::now() < deadline, "the delete never ran");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    shim.kill().unwrap();
+    shim.wait().unwrap();
+    std::fs::write(&release, "").unwrap();
+    // The orphaned runtime finishes the delete on its own.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while c
+        .runc()
+        .args(["state", &c.id])
+        .output()
+        .unwrap()
+        .status
+        .success()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the runtime's delete died with the shim"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(host.records().len(), 1, "the killed shim cleaned up");
+    let out = run(Command::new(bin("npu-ctk"))
+        .env(npu_runtime::node::config::PATH_ENV, &host.config_path)
+        .arg("gc"));
+    assert!(out.contains(&format!("record {}", c.id)), "{out}");
+    assert!(host.records().is_empty(), "{:?}", host.records());
+    assert!(host.granted_cgroups().is_empty(), "grants left");
 }

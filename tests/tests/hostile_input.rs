@@ -59,7 +59,9 @@ fn shim_run(
         .status
         .success();
     if exists {
-        let _ = Command::new("runc")
+        // Through the shim, as an engine deletes it: it cleans up after runc.
+        let _ = Command::new(bin("npu-container-runtime"))
+            .env(PATH_ENV, &host.config_path)
             .arg("--root")
             .arg(&root)
             .args(["delete", "-f", &id])

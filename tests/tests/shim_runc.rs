@@ -153,22 +153,124 @@ fn update_keeps_verdicts() {
     });
 }
 
+/// Behind the shim there is no poststop process: the shim removes a container's grants and
+/// record after the runtime's `delete`, and only once the container is really gone.
 #[test]
-fn poststop_leaves_nothing_behind() {
+fn delete_through_the_shim_leaves_nothing_behind() {
     each_place(|place, mode| {
         let host = FakeHost::new(2);
         let c = start(place, &host, &["ASCEND_VISIBLE_DEVICES=0"], |_| {}).expect("start");
+        let spec: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(c.bundle.join("config.json")).unwrap()).unwrap();
+        assert!(spec["hooks"]["createRuntime"].is_array(), "{mode}: {spec}");
+        assert!(
+            spec["hooks"].get("poststop").is_none(),
+            "{mode}: the shim injected a poststop hook: {}",
+            spec["hooks"]
+        );
         assert_eq!(host.records().len(), 1, "{mode}");
         let guarded = host.granted_cgroups();
         if mode == "cgroup v2" {
             assert_eq!(guarded.len(), 1, "{mode}: one container in the grant map");
         }
-        drop(c); // runc delete -f runs the poststop hook
+        // A delete the runtime refuses (running, no --force) keeps everything, verdicts too.
+        let refused = c
+            .runtime_command()
+            .args(["delete", &c.id])
+            .output()
+            .unwrap();
+        assert!(
+            !refused.status.success(),
+            "{mode}: runc deleted a running container"
+        );
+        assert_eq!(
+            host.records().len(),
+            1,
+            "{mode}: record gone after a refused delete"
+        );
+        assert_eq!(host.granted_cgroups(), guarded, "{mode}");
+        assert_eq!(
+            c.chip_verdicts(&host),
+            npu_tests::runc::expect_only(&[0], host.chips),
+            "{mode}"
+        );
+        drop(c); // the shim's delete -f
         assert!(
             host.records().is_empty(),
             "{mode}: records {:?}",
             host.records()
         );
+        assert!(host.granted_cgroups().is_empty(), "{mode}: grants left");
+    });
+}
+
+/// A container deleted around the shim (plain runc) keeps its record until `npu-ctk gc`; a
+/// later `delete` through the shim of the id runc no longer knows removes it too.
+#[test]
+fn delete_around_the_shim_is_left_to_gc_or_a_later_delete() {
+    each_place(|place, mode| {
+        let host = FakeHost::new(2);
+        let ctk = |args: &[&str]| {
+            run(place
+                .command(bin("npu-ctk"))
+                .env(PATH_ENV, &host.config_path)
+                .args(args))
+        };
+        for later in ["gc", "shim delete"] {
+            let c = start(place, &host, &["ASCEND_VISIBLE_DEVICES=1"], |_| {}).expect("start");
+            run(c.runc().args(["delete", "-f", &c.id]));
+            assert_eq!(
+                host.records().len(),
+                1,
+                "{mode}: {later}: nothing cleaned yet"
+            );
+            if later == "gc" {
+                let out = ctk(&["gc"]);
+                assert!(out.contains(&format!("record {}", c.id)), "{mode}: {out}");
+            } else {
+                let out = c
+                    .runtime_command()
+                    .args(["delete", &c.id])
+                    .output()
+                    .unwrap();
+                assert!(
+                    !out.status.success(),
+                    "{mode}: runc knew a deleted container"
+                );
+            }
+            assert!(
+                host.records().is_empty(),
+                "{mode}: {later}: {:?}",
+                host.records()
+            );
+            assert!(
+                host.granted_cgroups().is_empty(),
+                "{mode}: {later}: grants left"
+            );
+        }
+    });
+}
+
+/// A `create` that fails after our hook prepared the container (a later hook fails): the
+/// runtime tears the container down, and the shim removes its grants and record at once.
+#[test]
+fn failed_create_after_our_hook_leaves_nothing() {
+    each_place(|place, mode| {
+        let host = FakeHost::new(2);
+        let err = start(place, &host, &["ASCEND_VISIBLE_DEVICES=1"], |spec| {
+            // The shim appends its hook: this one runs after it and fails.
+            spec["hooks"] = serde_json::json!({
+                "createRuntime": [],
+                "createContainer": [{"path": "/bin/false", "args": ["false"]}],
+            });
+        })
+        .err()
+        .expect("a failing createContainer hook must fail the container");
+        assert!(
+            err.contains("createContainer") || err.contains("hook"),
+            "{mode}: {err}"
+        );
+        assert!(host.records().is_empty(), "{mode}: {:?}", host.records());
         assert!(host.granted_cgroups().is_empty(), "{mode}: grants left");
     });
 }

@@ -1,14 +1,21 @@
 //! `npu-container-runtime`: called by engines exactly like runc. On `create`/`run` it writes
-//! the NPU grant into the bundle's spec, then execs the real runtime with the same argv.
+//! the NPU grant into the bundle's spec, then runs the real runtime with the same argv; after
+//! `delete` it removes the container's grants and record. Other commands exec the runtime.
 // Release builds link musl (xtask), whose allocator maps and unmaps pages eagerly; dlmalloc
 // keeps them for the process's short life: about 0.1 ms less per run.
 #[global_allocator]
 static ALLOC: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
 
-use std::{ffi::OsString, os::unix::process::CommandExt, path::PathBuf, process::Command};
+use std::{
+    ffi::OsString,
+    os::unix::process::CommandExt,
+    path::PathBuf,
+    process::{Command, ExitStatus},
+};
 
 use npu_runtime::{
     error::Error, node::config::Config, node::logging, start::args::RuncArgs, start::shim,
+    start::spec::Cleanup,
 };
 
 const NAME: &str = "npu-container-runtime";
@@ -27,6 +34,53 @@ fn exec(runtime: &PathBuf, args: &[OsString]) -> Error {
     Error::Exec {
         path: runtime.clone(),
         source: e,
+    }
+}
+
+/// Runs the runtime as a child and waits for it. `tied`: it dies with us (as it would had we
+/// exec'd it), so an engine that kills the command it started on a timeout kills the runtime.
+fn spawn(runtime: &PathBuf, args: &[OsString], tied: bool) -> Result<ExitStatus, Error> {
+    tracing::debug!(vm_hwm_kib = logging::peak_rss_kib(), runtime = %runtime.display(), "run runtime");
+    let mut cmd = Command::new(runtime);
+    cmd.args(args);
+    if tied {
+        // SAFETY: runs in the forked child before exec; prctl is async-signal-safe and
+        // touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+    }
+    cmd.status().map_err(|source| Error::Exec {
+        path: runtime.clone(),
+        source,
+    })
+}
+
+/// Ends this process as the runtime ended: its exit code, or 128 + the signal that killed it
+/// (what a shell reports, and what engines see from an exec'd runtime killed that way).
+fn exit_like(status: ExitStatus) -> ! {
+    use std::os::unix::process::ExitStatusExt;
+    std::process::exit(
+        status
+            .code()
+            .or_else(|| status.signal().map(|s| 128 + s))
+            .unwrap_or(1),
+    )
+}
+
+/// Removes the container's grants and record after the runtime's `delete` (or a failed
+/// `create`). It never changes the runtime's exit code: a failure is logged, and `npu-ctk
+/// gc` removes what is left.
+fn clean_up(config: &Config, parsed: &RuncArgs, deleted: bool, log: impl Fn()) {
+    let Some(id) = &parsed.container_id else {
+        return;
+    };
+    if let Err(e) = shim::cleanup(config, id, deleted) {
+        log();
+        tracing::warn!(id, "cleanup left for npu-ctk gc: {e}");
     }
 }
 
@@ -80,33 +134,50 @@ fn main() {
         }
         // A help request is the runtime's to answer: no bundle is involved.
         Some("create" | "run") if parsed.help => logged_fail(&exec(&runtime, &args)),
-        Some("create" | "run") => {
+        Some(command @ ("create" | "run")) => {
             let bundle = parsed
                 .bundle
                 .clone()
                 .unwrap_or_else(|| std::env::current_dir().unwrap_or_default());
-            if let Err(e) = shim::prepare_bundle(&config, &bundle) {
+            // A foreground `run` ends with the runtime deleting the container itself, and it
+            // is the runtime that must hold the terminal and relay signals: exec it, and let
+            // our poststop hook clean up. Everything else is deleted through us later.
+            let foreground = command == "run" && !parsed.detach;
+            let cleanup = if foreground {
+                Cleanup::PoststopHook
+            } else {
+                Cleanup::Shim
+            };
+            if let Err(e) = shim::prepare_bundle(&config, &bundle, cleanup) {
                 fail(&e)
             }
-            logged_fail(&exec(&runtime, &args))
+            if foreground {
+                logged_fail(&exec(&runtime, &args))
+            }
+            let status = spawn(&runtime, &args, true).unwrap_or_else(|e| logged_fail(&e));
+            // A failed create may have passed our hook (a later step failed): the runtime
+            // removed the cgroup, so its grants and record go now rather than at the next gc.
+            if !status.success() {
+                clean_up(&config, &parsed, false, log);
+            }
+            exit_like(status)
+        }
+        Some("delete") => {
+            // Not tied to our life: a runtime's delete left half done is worse than one that
+            // finishes after we were killed (gc then removes the record).
+            let status = spawn(&runtime, &args, false).unwrap_or_else(|e| logged_fail(&e));
+            clean_up(&config, &parsed, status.success(), log);
+            exit_like(status)
         }
         Some("update") => {
-            let status = Command::new(&runtime)
-                .args(&args)
-                .status()
-                .unwrap_or_else(|source| {
-                    fail(&Error::Exec {
-                        path: runtime.clone(),
-                        source,
-                    })
-                });
+            let status = spawn(&runtime, &args, false).unwrap_or_else(|e| fail(&e));
             if status.success()
                 && let Some(id) = &parsed.container_id
                 && let Err(e) = shim::recheck(&config, id)
             {
                 fail(&e)
             }
-            std::process::exit(status.code().unwrap_or(1))
+            exit_like(status)
         }
         _ => logged_fail(&exec(&runtime, &args)),
     }

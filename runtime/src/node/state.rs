@@ -1,6 +1,7 @@
 //! Per-container records under `state_dir`: what was granted and enforced, so `poststop`,
 //! `update` and the operator tool can act without the container's pid.
 use std::{
+    collections::BTreeSet,
     io::Write as _,
     path::{Path, PathBuf},
 };
@@ -58,6 +59,20 @@ pub struct Enforced {
     pub cgroup_id: Option<u64>,
     pub unified_dir: Option<PathBuf>,
     pub devices_v1_dir: Option<PathBuf>,
+}
+
+impl Enforced {
+    /// Whether the container's cgroups are gone, so nothing of it can run any more. `live`
+    /// holds the ids of the unified tree's cgroups (None on a v1-only host): ids are the same
+    /// in every mount namespace, while the recorded paths are as the hook saw them (maybe in
+    /// another namespace), so an id is judged by id.
+    pub fn gone(&self, live: Option<&BTreeSet<u64>>) -> bool {
+        let path_gone = |dir: &Option<PathBuf>| dir.as_ref().is_some_and(|d| !d.exists());
+        match (self.cgroup_id, live) {
+            (Some(id), Some(live)) => !live.contains(&id),
+            _ => path_gone(&self.unified_dir) || path_gone(&self.devices_v1_dir),
+        }
+    }
 }
 
 /// Temporary record files are `.record.<writer pid>.<random>`.

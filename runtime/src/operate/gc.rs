@@ -1,18 +1,15 @@
-//! `npu-ctk gc`: removes what stopped containers left behind when their `poststop` never ran
-//! (a killed hook, a crashed engine): records whose cgroups are gone, map entries of cgroups
-//! that no longer exist, and pins of older program versions nothing uses any more.
-use std::{
-    collections::BTreeSet,
-    os::unix::fs::MetadataExt,
-    path::{Path, PathBuf},
-};
+//! `npu-ctk gc`: removes what stopped containers left behind when no cleanup ran for them (a
+//! container deleted with plain runc rather than through the shim, a killed shim or hook, a
+//! crashed engine): records whose cgroups are gone, map entries of cgroups that no longer
+//! exist, and pins of older program versions nothing uses any more.
+use std::collections::BTreeSet;
 
 use serde::Serialize;
 
 use crate::{
     enforce::guard::{self, GuardError, Maps},
     enforce::isolation,
-    node::cgroup::Layout,
+    node::cgroup::{self, Layout},
     node::config::Config,
     node::state,
     operate::error::Error,
@@ -54,30 +51,6 @@ impl Report {
     }
 }
 
-/// Ids of every cgroup under `root` (directory inode numbers on cgroup2 are cgroup ids).
-fn live_cgroup_ids(root: &Path) -> BTreeSet<u64> {
-    let mut ids = BTreeSet::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        if let Ok(meta) = std::fs::metadata(&dir) {
-            ids.insert(meta.ino());
-        }
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            stack.extend(
-                entries
-                    .flatten()
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .map(|e| e.path()),
-            );
-        }
-    }
-    ids
-}
-
-fn gone(dir: &Option<PathBuf>) -> bool {
-    dir.as_ref().is_some_and(|d| !d.exists())
-}
-
 pub fn run(config: &Config) -> Result<Report, Error> {
     let mut report = Report::default();
     let unified = match Layout::detect()? {
@@ -85,7 +58,7 @@ pub fn run(config: &Config) -> Result<Report, Error> {
         Layout::Hybrid { unified, .. } => Some(unified.mount_point),
         Layout::Legacy { .. } => None,
     };
-    let live = unified.as_deref().map(live_cgroup_ids);
+    let live = unified.as_deref().map(cgroup::live_ids);
     report.temp_files = state::remove_orphaned_temps(&config.state_dir);
     for record in state::list(&config.state_dir) {
         let record = match record {
@@ -96,13 +69,7 @@ pub fn run(config: &Config) -> Result<Report, Error> {
             }
         };
         let e = &record.enforced;
-        // Judge by cgroup id where there is one: ids are the same in every mount namespace,
-        // while the recorded paths are as the hook saw them (maybe in another namespace).
-        let dead = match (e.cgroup_id, &live) {
-            (Some(id), Some(live)) => !live.contains(&id),
-            _ => gone(&e.unified_dir) || gone(&e.devices_v1_dir),
-        };
-        if dead {
+        if e.gone(live.as_ref()) {
             if let Err(err) = isolation::release(config, e, &record.grants) {
                 report.problems.push(format!("{}: {err}", record.id));
             }

@@ -28,6 +28,8 @@ pub struct RuncArgs {
     pub container_id: Option<String>,
     /// `-h`/`--help` after `create`/`run`: the runtime answers it, no bundle involved.
     pub help: bool,
+    /// `-d`/`--detach` of `run`: the container outlives the command (and is deleted later).
+    pub detach: bool,
 }
 
 /// Splits `-x`, `--x`, `--x=v` into (name, inline value); `None` for non-flags.
@@ -95,6 +97,9 @@ impl RuncArgs {
                         }
                     }
                     Some(("h" | "help", _)) => out.help = true,
+                    Some(("d" | "detach", inline)) => {
+                        out.detach = inline.is_none_or(|v| v != "false");
+                    }
                     Some(_) => {}
                     None => {
                         if out.container_id.is_none() {
@@ -185,6 +190,16 @@ mod tests {
             assert!(parse(line).help, "{line}");
         }
         assert!(!parse("run -d --bundle /b id").help);
+    }
+
+    #[test]
+    fn detached_runs() {
+        assert!(parse("run -d --bundle /b id").detach);
+        assert!(parse("--root /r run --detach=true id").detach);
+        assert!(!parse("run --detach=false id").detach);
+        assert!(!parse("run --bundle /b id").detach);
+        // A container id that looks like nothing runc knows is not a flag.
+        assert!(!parse("run -b /b d").detach);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::{
     start::mounts::{self, MountApi, MountError},
     start::names::{Names, Treatment},
     start::shim,
-    start::spec::Spec,
+    start::spec::{Cleanup, Spec},
 };
 
 /// The stages `npu-container-hook` serves (its one argument), with what each does.
@@ -228,7 +228,8 @@ fn inside_container(
 }
 
 /// Removes the container's grants and record. Missing pieces are fine: poststop may run for
-/// containers we never prepared, or twice.
+/// containers we never prepared, or twice. (Behind the shim there is no poststop hook: the
+/// shim cleans up after the runtime's `delete`.)
 pub fn poststop(config: &Config, state: &State) -> Result<(), Error> {
     let Some(record) = state::read(&config.state_dir, state.id())? else {
         return Ok(());
@@ -241,7 +242,8 @@ pub fn poststop(config: &Config, state: &State) -> Result<(), Error> {
 /// Podman's precreate stage: the shim's spec edit on a spec read from stdin.
 pub fn precreate(config: &Config, input: &[u8]) -> Result<Vec<u8>, Error> {
     let mut spec = Spec::parse(input, "<stdin>".into())?;
-    if shim::edit(config, &mut spec)? == Treatment::PassThrough {
+    // No shim runs when Podman deletes the container: our poststop hook cleans up.
+    if shim::edit(config, &mut spec, Cleanup::PoststopHook)? == Treatment::PassThrough {
         return Ok(input.to_vec());
     }
     Ok(serde_json::to_vec(&spec.value).expect("a JSON value serializes"))

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use crate::{
     enforce::isolation,
     error::Error,
+    node::cgroup::{self, Layout},
     node::config::{self, Config},
     node::devices::HostDevices,
     node::rules::{Access, RuleEntry},
@@ -12,7 +13,7 @@ use crate::{
     node::trust,
     start::names::{Names, Treatment},
     start::request::Request,
-    start::spec::{Edit, HookCommand, Spec, SpecError},
+    start::spec::{Cleanup, Edit, HookCommand, Spec, SpecError},
 };
 
 pub const HOOK_BINARY: &str = "npu-container-hook";
@@ -105,6 +106,7 @@ pub fn edit_spec(
     spec: &mut Spec,
     requests: &[(usize, Request)],
     hook: &HookCommand,
+    cleanup: Cleanup,
 ) -> Result<(), Error> {
     let host = HostDevices::discover(config)?;
     let mut devices = Vec::new();
@@ -131,14 +133,16 @@ pub fn edit_spec(
         devices: &devices,
         hook,
         env,
+        cleanup,
     })?;
     Ok(())
 }
 
 /// Decides what a container gets (module `names`) and edits its spec for it, in memory:
 /// a request's devices, rules, hooks and env; for exact device entries alone or a confined
-/// container, only the hooks. A container left alone is not touched.
-pub fn edit(config: &Config, spec: &mut Spec) -> Result<Treatment, Error> {
+/// container, only the hooks. A container left alone is not touched. `cleanup` says whether
+/// a poststop hook is needed (nothing of ours runs when the container is deleted).
+pub fn edit(config: &Config, spec: &mut Spec, cleanup: Cleanup) -> Result<Treatment, Error> {
     // A spec that allows nothing beyond mknod and lists no device cannot touch an NPU: no
     // need to look at the host's devices.
     let rules = spec.device_rules()?;
@@ -168,7 +172,7 @@ pub fn edit(config: &Config, spec: &mut Spec) -> Result<Treatment, Error> {
     match treatment {
         Treatment::PassThrough => {}
         Treatment::Grant if !names.requests.is_empty() => {
-            edit_spec(config, spec, &names.requests, &hook_command()?)?;
+            edit_spec(config, spec, &names.requests, &hook_command()?, cleanup)?;
         }
         // Named by exact entries only, or confined: the runtime already has the devices and
         // rules it needs; the hook registers the container.
@@ -176,6 +180,7 @@ pub fn edit(config: &Config, spec: &mut Spec) -> Result<Treatment, Error> {
             devices: &[],
             hook: &hook_command()?,
             env: Vec::new(),
+            cleanup,
         })?,
     }
     Ok(treatment)
@@ -183,7 +188,11 @@ pub fn edit(config: &Config, spec: &mut Spec) -> Result<Treatment, Error> {
 
 /// The `create`/`run` step: edit `bundle/config.json` in place (atomically) as [`edit`]
 /// decides. A container left alone is not rewritten at all (its spec stays byte-identical).
-pub fn prepare_bundle(config: &Config, bundle: &Path) -> Result<Treatment, Error> {
+pub fn prepare_bundle(
+    config: &Config,
+    bundle: &Path,
+    cleanup: Cleanup,
+) -> Result<Treatment, Error> {
     let (path, bytes) = match Spec::read_bytes(bundle) {
         // No spec: nothing of ours to do, and the runtime says what is wrong with its own
         // words (a missing bundle, a wrong argument), as it would without us.
@@ -193,7 +202,7 @@ pub fn prepare_bundle(config: &Config, bundle: &Path) -> Result<Treatment, Error
         other => other?,
     };
     let mut spec = Spec::parse(&bytes, path)?;
-    let treatment = edit(config, &mut spec)?;
+    let treatment = edit(config, &mut spec, cleanup)?;
     if treatment != Treatment::PassThrough {
         spec.write_atomic()?;
     }
@@ -207,5 +216,28 @@ pub fn recheck(config: &Config, id: &str) -> Result<bool, Error> {
         return Ok(false);
     };
     isolation::reapply(config, &record.enforced, &record.grants)?;
+    Ok(true)
+}
+
+/// After the runtime's `delete` of `id`, or a `create` that failed: removes the container's
+/// grants and record once the container is gone. `deleted` says the runtime reported it
+/// deleted; otherwise (a running container without `--force`, a `create` that failed, an id
+/// the runtime no longer knows) the record goes only if the container's cgroups are gone, as
+/// `npu-ctk gc` would judge it. Returns whether a record was removed.
+pub fn cleanup(config: &Config, id: &str, deleted: bool) -> Result<bool, Error> {
+    // Most deletes are of containers that never had a record: one failed open.
+    let Some(record) = state::read(&config.state_dir, id)? else {
+        return Ok(false);
+    };
+    if !deleted {
+        let live = Layout::detect()?
+            .unified()
+            .map(|m| cgroup::live_ids(&m.mount_point));
+        if !record.enforced.gone(live.as_ref()) {
+            return Ok(false);
+        }
+    }
+    isolation::release(config, &record.enforced, &record.grants)?;
+    state::remove(&config.state_dir, &record.id)?;
     Ok(true)
 }

@@ -321,16 +321,16 @@ impl Spec {
                 .map_err(|e| invalid(&e.to_string()))?;
             rules.push(to_value(&rule));
         }
-        let hooks = [
-            (
-                "createRuntime",
-                edit.hook.entry("create-runtime").map_err(|e| invalid(&e))?,
-            ),
-            (
+        let mut hooks = vec![(
+            "createRuntime",
+            edit.hook.entry("create-runtime").map_err(|e| invalid(&e))?,
+        )];
+        if edit.cleanup == Cleanup::PoststopHook {
+            hooks.push((
                 "poststop",
                 edit.hook.entry("poststop").map_err(|e| invalid(&e))?,
-            ),
-        ];
+            ));
+        }
 
         let root = self.value.as_object_mut().expect("checked at parse");
         let linux = object_at(root, "linux").ok_or_else(|| invalid("linux is not an object"))?;
@@ -418,6 +418,17 @@ pub struct Edit<'a> {
     pub hook: &'a HookCommand,
     /// `KEY=VALUE` entries to set in `process.env` (replacing earlier values of KEY).
     pub env: Vec<String>,
+    pub cleanup: Cleanup,
+}
+
+/// Who removes a container's grants and record when it is deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cleanup {
+    /// The shim, after the runtime's `delete` (or a failed `create`): no poststop process.
+    Shim,
+    /// Our poststop hook, where no shim runs on the way out (Podman's precreate stage, or a
+    /// foreground `run` that the runtime ends and deletes by itself).
+    PoststopHook,
 }
 
 /// How the runtime is to run our hook.
@@ -523,7 +534,9 @@ mod tests {
             devices: &devices,
             hook: &h,
             env: vec!["ASCEND_DOCKER_RUNTIME=True".into()],
+            cleanup: Cleanup::PoststopHook,
         };
+        let mut behind_shim = Spec::parse(INPUT.as_bytes(), "config.json".into()).unwrap();
         spec.apply(&edit).unwrap();
         let golden: Value = serde_json::from_str(
             r#"{
@@ -560,6 +573,20 @@ mod tests {
         // A second application changes nothing.
         spec.apply(&edit).unwrap();
         assert_eq!(spec.value, golden);
+
+        // Behind the shim, which cleans up on delete: the same without a poststop entry.
+        behind_shim
+            .apply(&Edit {
+                cleanup: Cleanup::Shim,
+                ..edit
+            })
+            .unwrap();
+        let mut expected = golden;
+        expected["hooks"]
+            .as_object_mut()
+            .unwrap()
+            .remove("poststop");
+        assert_eq!(behind_shim.value, expected);
     }
 
     #[test]
@@ -578,6 +605,7 @@ mod tests {
             devices: &devices,
             hook: &h,
             env: vec![],
+            cleanup: Cleanup::PoststopHook,
         })
         .unwrap();
         assert_eq!(spec.device_paths(), ["/dev/davinci1"]);
@@ -660,6 +688,7 @@ mod tests {
             devices: &[device("/dev/davinci0", 240, 0)],
             hook: &h,
             env: vec![],
+            cleanup: Cleanup::Shim,
         });
         assert!(e.unwrap_err().to_string().contains("linux.devices"));
     }

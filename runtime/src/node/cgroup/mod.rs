@@ -7,6 +7,7 @@
 pub mod mountinfo;
 
 use std::{
+    collections::BTreeSet,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
@@ -299,6 +300,26 @@ pub fn container_of(path: &str) -> Option<NamedContainer> {
     }
     // ctr and other containerd clients: /NAMESPACE/ID.
     named("containerd", last)
+}
+
+/// Ids of every cgroup under `root` (directory inode numbers on cgroup2 are cgroup ids).
+pub fn live_ids(root: &Path) -> BTreeSet<u64> {
+    let mut ids = BTreeSet::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        if let Ok(meta) = std::fs::metadata(&dir) {
+            ids.insert(meta.ino());
+        }
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            stack.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    ids
 }
 
 /// The path (as `/proc/PID/cgroup` shows it) of the cgroup with id `id` under `mount`, found by

@@ -7,7 +7,11 @@ use super::{Check, Verdict, check};
 use crate::{
     node::config::Config,
     operate::engines::{self, EngineError, RUNTIME_NAME},
-    start::{names::Treatment, shim, spec::Spec},
+    start::{
+        names::Treatment,
+        shim,
+        spec::{Cleanup, Spec},
+    },
 };
 
 const RUNC_V2: &str = "io.containerd.runc.v2";
@@ -174,7 +178,9 @@ fn sandboxes(config: &Config) -> Check {
         let text = SANDBOX.replace("CAPS", caps);
         let treated = Spec::parse(text.as_bytes(), "sandbox/config.json".into())
             .map_err(|e| e.to_string())
-            .and_then(|mut spec| shim::edit(config, &mut spec).map_err(|e| e.to_string()));
+            .and_then(|mut spec| {
+                shim::edit(config, &mut spec, Cleanup::Shim).map_err(|e| e.to_string())
+            });
         match treated {
             Ok(Treatment::PassThrough) => {}
             Ok(other) => {
@@ -220,7 +226,7 @@ mod tests {
             .replace(r#""env": ["#, r#""env": ["ASCEND_VISIBLE_DEVICES=0", "#);
         let mut spec = Spec::parse(text.as_bytes(), "config.json".into()).unwrap();
         assert!(!matches!(
-            shim::edit(&config, &mut spec),
+            shim::edit(&config, &mut spec, Cleanup::Shim),
             Ok(Treatment::PassThrough)
         ));
     }
