@@ -414,3 +414,44 @@ fn virtual_npus_without_driver_mounts() {
         assert!(!ok, "{mode}: NODRV must not mount the driver");
     });
 }
+
+/// A cgroup2 tree shown from a subtree (an engine nested in a container without a cgroup
+/// namespace: `/sys/fs/cgroup` is a bind of its own branch). The hook's quick look at the
+/// standard places derives a path that names another cgroup there (a decoy at the same
+/// relative path), sees that it does not hold the container, and reads the mount table
+/// instead: a privileged container still gets exactly its NPU.
+#[test]
+fn cgroup_tree_shown_from_a_subtree() {
+    if !can_run() {
+        return;
+    }
+    let ns = V2Namespace::new();
+    let branch = npu_tests::unique("npu-branch");
+    let cg = npu_tests::unique("npu-ctr-cg");
+    let tree = "/run/npu-tests-cgroup2";
+    // The decoy: where the branch's path, read from the host's view, lands inside the bind.
+    let script = format!(
+        "mkdir -p {tree} && mount -t cgroup2 none {tree} && mkdir -p {tree}/{branch}/{branch}/{cg} && \
+         mount --bind {tree}/{branch} /sys/fs/cgroup"
+    );
+    run(ns.command("sh").args(["-c", &script]));
+    let place = Place::V2(&ns);
+    let host = FakeHost::new(3);
+    {
+        let c = start(place, &host, &["ASCEND_VISIBLE_DEVICES=1"], |spec| {
+            spec["linux"]["cgroupsPath"] = format!("/{cg}").into();
+            spec["linux"]["resources"]["devices"] =
+                serde_json::json!([{"allow": true, "access": "rwm"}]);
+        })
+        .expect("start");
+        assert_eq!(c.unified_path(), format!("/{branch}/{cg}"));
+        assert_eq!(
+            c.chip_verdicts(&host),
+            npu_tests::runc::expect_only(&[1], host.chips),
+        );
+    }
+    run(ns.command("sh").args([
+        "-c",
+        &format!("rmdir {tree}/{branch}/{branch}/{cg} {tree}/{branch}/{branch} {tree}/{branch}"),
+    ]));
+}

@@ -37,17 +37,17 @@ fn run(stage: &str) -> Result<(), Error> {
     logging::init(&config, NAME, None);
     let result = run_stage(stage, &config);
     // `cargo xtask bench` reads these lines for the hook's own duration and peak memory.
-    tracing::info!(
-        stage,
-        elapsed_us = started.elapsed().as_micros() as u64,
-        ok = result.is_ok(),
-        "hook finished"
-    );
+    let elapsed_us = started.elapsed().as_micros() as u64;
+    match &result {
+        Ok(Some(prepared)) => prepared.log(stage, elapsed_us),
+        _ => tracing::info!(stage, elapsed_us, ok = result.is_ok(), "hook finished"),
+    }
     tracing::debug!(stage, vm_hwm_kib = logging::peak_rss_kib(), "hook memory");
-    result
+    result.map(drop)
 }
 
-fn run_stage(stage: &str, config: &Config) -> Result<(), Error> {
+/// Runs `stage`; what `create-runtime` prepared, if anything, for the log line.
+fn run_stage(stage: &str, config: &Config) -> Result<Option<hook::Prepared>, Error> {
     match stage {
         "create-runtime" | "prestart" => {
             // Host facts first: gathering them overlaps the runtime's delay in writing the state.
@@ -57,12 +57,13 @@ fn run_stage(stage: &str, config: &Config) -> Result<(), Error> {
         }
         "poststop" => {
             let state = hook::parse_state(&read_stdin()?)?;
-            hook::poststop(config, &state)
+            hook::poststop(config, &state).map(|()| None)
         }
         "precreate" => {
             let out = hook::precreate(config, &read_stdin()?)?;
             std::io::stdout()
                 .write_all(&out)
+                .map(|()| None)
                 .map_err(|source| Error::Stdio {
                     what: "write the spec to standard output",
                     source,

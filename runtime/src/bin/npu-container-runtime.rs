@@ -14,8 +14,8 @@ use std::{
 };
 
 use npu_runtime::{
-    error::Error, node::config::Config, node::logging, start::args::RuncArgs, start::shim,
-    start::spec::Cleanup,
+    error::Error, node::config::Config, node::logging, start::args::RuncArgs,
+    start::names::Treatment, start::shim, start::spec::Cleanup,
 };
 
 const NAME: &str = "npu-container-runtime";
@@ -148,10 +148,10 @@ fn main() {
             } else {
                 Cleanup::Shim
             };
-            if let Err(e) = shim::prepare_bundle(&config, &bundle, cleanup) {
-                fail(&e)
-            }
-            if foreground {
+            let treatment =
+                shim::prepare_bundle(&config, &bundle, cleanup).unwrap_or_else(|e| fail(&e));
+            // A container left alone has no hook of ours: nothing to clean up after it.
+            if foreground || treatment == Treatment::PassThrough {
                 logged_fail(&exec(&runtime, &args))
             }
             let status = spawn(&runtime, &args, true).unwrap_or_else(|e| logged_fail(&e));
@@ -162,7 +162,14 @@ fn main() {
             }
             exit_like(status)
         }
-        Some("delete") => {
+        // Most deleted containers have no record of ours (they were left alone): one failed
+        // open, then the runtime in our place.
+        Some("delete")
+            if parsed
+                .container_id
+                .as_deref()
+                .is_some_and(|id| shim::has_record(&config, id)) =>
+        {
             // Not tied to our life: a runtime's delete left half done is worse than one that
             // finishes after we were killed (gc then removes the record).
             let status = spawn(&runtime, &args, false).unwrap_or_else(|e| logged_fail(&e));

@@ -120,13 +120,15 @@ fn enforce_v1(
     grants: &[Grant],
 ) -> Result<(), IsolationError> {
     // Wildcard rules are re-expressed for every class with a driver or a node on this host.
-    let mut known = registered_majors(
-        &crate::node::pseudo::read_to_string("/proc/devices".as_ref())
-            .map_err(IsolationError::ProcDevices)?,
-    );
-    known.extend(host.other_classes.iter().copied());
+    let known = || {
+        let text = crate::node::pseudo::read_to_string("/proc/devices".as_ref())
+            .map_err(IsolationError::ProcDevices)?;
+        let mut known = registered_majors(&text);
+        known.extend(host.other_classes.iter().copied());
+        Ok::<_, IsolationError>(known)
+    };
     let state = v1::read_list(dir)?;
-    let plan = v1::plan(&state, &host.classes(), &host.guarded_nodes, grants, &known);
+    let plan = v1::plan(&state, &host.classes(), &host.guarded_nodes, grants, known)?;
     v1::apply(dir, &plan, &host.guarded_nodes, grants)?;
     Ok(())
 }

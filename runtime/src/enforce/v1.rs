@@ -96,16 +96,19 @@ pub struct Plan {
 }
 
 /// Computes the writes for a cgroup in `state` so that, for every guarded class, exactly the
-/// `grants` are allowed. `guarded_nodes` are the host nodes of guarded classes; `known` the
-/// classes a removed wildcard rule is re-expressed for (those with a driver or a host node:
-/// a class with neither has nothing to open).
-pub fn plan(
+/// `grants` are allowed. `guarded_nodes` are the host nodes of guarded classes; `known` gives
+/// the classes a removed wildcard rule is re-expressed for (those with a driver or a host
+/// node: a class with neither has nothing to open). It is called only if a wildcard must go
+/// (runc's defaults grant mknod only and stay), so `/proc/devices` is read only then.
+pub fn plan<E>(
     state: &ListState,
     classes: &BTreeSet<DeviceClass>,
     guarded_nodes: &[DeviceNode],
     grants: &[Grant],
-    known: &BTreeSet<DeviceClass>,
-) -> Plan {
+    known: impl FnOnce() -> Result<BTreeSet<DeviceClass>, E>,
+) -> Result<Plan, E> {
+    let mut known = Some(known);
+    let mut known_classes = BTreeSet::new();
     let mut plan = Plan::default();
     match state {
         ListState::AllowAll => {
@@ -143,8 +146,11 @@ pub fn plan(
                     ..*rule
                 });
                 if rule.major.is_none() {
+                    if let Some(known) = known.take() {
+                        known_classes = known()?;
+                    }
                     // Re-express the wildcard for every known non-guarded class.
-                    for class in known {
+                    for class in &known_classes {
                         if rule.rule_type.covers(class.dev_type) && !classes.contains(class) {
                             plan.allow_first.push(Rule {
                                 rule_type: RuleType::Dev(class.dev_type),
@@ -163,7 +169,7 @@ pub fn plan(
             );
         }
     }
-    plan
+    Ok(plan)
 }
 
 fn granted_access(grants: &[Grant], dev_type: DevType, major: u32, minor: u32) -> Access {
@@ -181,24 +187,41 @@ pub fn apply(
     guarded_nodes: &[DeviceNode],
     grants: &[Grant],
 ) -> Result<(), V1Error> {
-    let write = |file: &str, rule: &Rule| {
-        let path = dir.join(file);
+    // One open per file: the controller takes one rule per write() call.
+    let mut files: [(&str, Option<std::fs::File>); 2] =
+        [("devices.allow", None), ("devices.deny", None)];
+    let mut write = |which: usize, rule: &Rule| {
+        let (name, file) = &mut files[which];
+        let path = dir.join(*name);
         let text = rule.to_string();
-        std::fs::write(&path, &text).map_err(|source| V1Error::Write {
-            path,
-            rule: text,
+        let error = |source| V1Error::Write {
+            path: path.clone(),
+            rule: text.clone(),
             source,
-        })
+        };
+        let file = match file {
+            Some(f) => f,
+            None => file.insert(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(error)?,
+            ),
+        };
+        std::io::Write::write_all(file, text.as_bytes()).map_err(error)
     };
+    const ALLOW: usize = 0;
+    const DENY: usize = 1;
     for rule in &plan.allow_first {
-        write("devices.allow", rule)?;
+        write(ALLOW, rule)?;
     }
     for rule in &plan.deny {
-        write("devices.deny", rule)?;
+        write(DENY, rule)?;
     }
     for rule in &plan.allow {
-        write("devices.allow", rule)?;
+        write(ALLOW, rule)?;
     }
+    drop(files);
     let state = read_list(dir)?;
     for node in guarded_nodes {
         let granted = granted_access(grants, node.dev_type, node.major, node.minor);
@@ -287,13 +310,10 @@ mod tests {
     #[test]
     fn allow_all_denies_every_other_guarded_node() {
         let (classes, nodes, grants) = fixture();
-        let p = plan(
-            &ListState::AllowAll,
-            &classes,
-            &nodes,
-            &grants,
-            &BTreeSet::new(),
-        );
+        let p = plan(&ListState::AllowAll, &classes, &nodes, &grants, || {
+            Ok::<_, ()>(BTreeSet::new())
+        })
+        .unwrap();
         assert!(p.allow_first.is_empty() && p.allow.is_empty());
         assert_eq!(show(&p.deny), ["c 240:0 rwm", "c 240:2 rwm"]);
     }
@@ -302,7 +322,10 @@ mod tests {
     fn deny_all_adds_grants_and_removes_exact_others() {
         let (classes, nodes, grants) = fixture();
         let state = ListState::parse("c 1:3 rwm\nc 240:0 rwm\nc 240:1 rwm\n").unwrap();
-        let p = plan(&state, &classes, &nodes, &grants, &BTreeSet::new());
+        let p = plan(&state, &classes, &nodes, &grants, || {
+            Ok::<_, ()>(BTreeSet::new())
+        })
+        .unwrap();
         // 240:1 is within its grant and kept; 240:0 goes.
         assert_eq!(show(&p.deny), ["c 240:0 rwm"]);
         assert_eq!(show(&p.allow), ["c 240:1 rwm", "c 241:0 rwm"]);
@@ -312,7 +335,10 @@ mod tests {
     fn deny_all_replaces_guarded_major_wildcard() {
         let (classes, nodes, grants) = fixture();
         let state = ListState::parse("c 240:* rwm\nc 1:3 rwm\n").unwrap();
-        let p = plan(&state, &classes, &nodes, &grants, &BTreeSet::new());
+        let p = plan(&state, &classes, &nodes, &grants, || {
+            Ok::<_, ()>(BTreeSet::new())
+        })
+        .unwrap();
         assert_eq!(show(&p.deny), ["c 240:* rwm"]);
         assert_eq!(show(&p.allow), ["c 240:1 rwm", "c 241:0 rwm"]);
         assert!(p.allow_first.is_empty());
@@ -321,11 +347,14 @@ mod tests {
     #[test]
     fn deny_all_re_expresses_wildcard_major_without_guarded_classes() {
         let (classes, nodes, grants) = fixture();
-        let registered = [class(1), class(240), class(241), class(10)]
+        let registered: BTreeSet<DeviceClass> = [class(1), class(240), class(241), class(10)]
             .into_iter()
             .collect();
         let state = ListState::parse("c *:* rwm\nb *:* rwm\n").unwrap();
-        let p = plan(&state, &classes, &nodes, &grants, &registered);
+        let p = plan(&state, &classes, &nodes, &grants, || {
+            Ok::<_, ()>(registered.clone())
+        })
+        .unwrap();
         assert_eq!(show(&p.allow_first), ["c 1:* rwm", "c 10:* rwm"]);
         // Block wildcards cannot reach the (char) guarded classes and are left alone.
         assert_eq!(show(&p.deny), ["c *:* rwm"]);
@@ -336,9 +365,13 @@ mod tests {
     fn mknod_only_rules_are_left_alone() {
         // runc's defaults: mknod of anything, plus a few devices.
         let (classes, nodes, grants) = fixture();
-        let registered = [class(1), class(240), class(241)].into_iter().collect();
+        let registered: BTreeSet<DeviceClass> =
+            [class(1), class(240), class(241)].into_iter().collect();
         let state = ListState::parse("c *:* m\nb *:* m\nc 1:3 rwm\nc 240:* m\n").unwrap();
-        let p = plan(&state, &classes, &nodes, &grants, &registered);
+        let p = plan(&state, &classes, &nodes, &grants, || {
+            Ok::<_, ()>(registered.clone())
+        })
+        .unwrap();
         assert!(p.allow_first.is_empty() && p.deny.is_empty(), "{p:?}");
         assert_eq!(show(&p.allow), ["c 240:1 rwm", "c 241:0 rwm"]);
         // What the kernel then allows: the grants, and mknod (only) of other guarded nodes.
@@ -363,7 +396,10 @@ mod tests {
     fn partial_exception_on_a_granted_node_is_widened() {
         let (classes, nodes, grants) = fixture();
         let state = ListState::parse("c 240:1 r\n").unwrap();
-        let p = plan(&state, &classes, &nodes, &grants, &BTreeSet::new());
+        let p = plan(&state, &classes, &nodes, &grants, || {
+            Ok::<_, ()>(BTreeSet::new())
+        })
+        .unwrap();
         assert!(p.deny.is_empty());
         assert_eq!(show(&p.allow), ["c 240:1 rwm", "c 241:0 rwm"]);
     }
@@ -372,7 +408,8 @@ mod tests {
     fn plan_result_satisfies_the_grants() {
         // Simulate the kernel on the planned writes for deny-all inputs and check verdicts.
         let (classes, nodes, grants) = fixture();
-        let registered = [class(1), class(240), class(241)].into_iter().collect();
+        let registered: BTreeSet<DeviceClass> =
+            [class(1), class(240), class(241)].into_iter().collect();
         for input in [
             "",
             "c *:* rwm",
@@ -381,7 +418,10 @@ mod tests {
             "c *:0 rwm",
         ] {
             let state = ListState::parse(input).unwrap();
-            let p = plan(&state, &classes, &nodes, &grants, &registered);
+            let p = plan(&state, &classes, &nodes, &grants, || {
+                Ok::<_, ()>(registered.clone())
+            })
+            .unwrap();
             let ListState::DenyAll(mut list) = state else {
                 unreachable!()
             };

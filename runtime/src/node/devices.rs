@@ -12,6 +12,7 @@ use std::{
 
 use crate::node::{
     config::Config,
+    dir_cache,
     profile::Profile,
     rules::{Access, DevType, DeviceClass, Grant},
 };
@@ -38,7 +39,7 @@ pub enum DeviceError {
 }
 
 /// A device node found on the host.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DeviceNode {
     /// File name under `dev_root`, e.g. `davinci3`.
     pub name: String,
@@ -129,6 +130,74 @@ pub struct HostDevices {
     pub other_classes: BTreeSet<DeviceClass>,
 }
 
+/// The patterns of `profiles`, compiled.
+fn compile(profiles: &[Profile]) -> Result<Vec<Patterns>, DeviceError> {
+    profiles.iter().map(Patterns::of).collect()
+}
+
+/// (profile, index, virtual) of the chip named `name`: the first profile whose patterns match.
+fn place(patterns: &[Patterns], name: &str) -> Option<(usize, u32, bool)> {
+    patterns.iter().enumerate().find_map(|(i, p)| {
+        chip_index(name, &p.chip)
+            .map(|index| (i, index, false))
+            .or_else(|| p.virtual_index(name).map(|index| (i, index, true)))
+    })
+}
+
+/// What the scan of `dev_root` depends on besides the directory: the profiles' names.
+fn fingerprint(profiles: &[Profile]) -> String {
+    let names: Vec<_> = profiles
+        .iter()
+        .map(|p| {
+            (
+                &p.chip_pattern,
+                &p.virtual_pattern,
+                &p.management_devices,
+                &p.optional_management_devices,
+            )
+        })
+        .collect();
+    format!("{names:?}")
+}
+
+/// Every device node under `dev_root` (one level, no symlinks followed), split into the
+/// nodes of guarded classes (those of any profile's node, sorted by name) and the classes of
+/// the others.
+fn scan(
+    dev_root: &Path,
+    profiles: &[Profile],
+    patterns: &[Patterns],
+) -> Result<(Vec<DeviceNode>, BTreeSet<DeviceClass>), DeviceError> {
+    let read_dir_error = |source| DeviceError::ReadDir {
+        path: dev_root.to_path_buf(),
+        source,
+    };
+    let mut all = Vec::new();
+    for entry in std::fs::read_dir(dev_root).map_err(read_dir_error)? {
+        let entry = entry.map_err(read_dir_error)?;
+        // Nodes can vanish between readdir and lstat (hot unplug): skip them.
+        if let Ok(Some(node)) = DeviceNode::stat(&entry.path()) {
+            all.push(node);
+        }
+    }
+    all.sort_by(|a, b| a.name.cmp(&b.name));
+    let named = |n: &DeviceNode| {
+        place(patterns, &n.name).is_some()
+            || profiles.iter().any(|p| {
+                p.management_devices.contains(&n.name)
+                    || p.optional_management_devices.contains(&n.name)
+            })
+    };
+    let classes: BTreeSet<DeviceClass> = all
+        .iter()
+        .filter(|n| named(n))
+        .map(DeviceNode::class)
+        .collect();
+    let (guarded, others): (Vec<_>, Vec<_>) =
+        all.into_iter().partition(|n| classes.contains(&n.class()));
+    Ok((guarded, others.iter().map(DeviceNode::class).collect()))
+}
+
 /// A profile's node patterns, compiled.
 struct Patterns {
     chip: glob::Pattern,
@@ -160,29 +229,51 @@ impl Patterns {
 
 impl HostDevices {
     /// Scans `config.dev_root` (one level, no symlinks followed). A node belongs to the first
-    /// profile whose pattern or management names it matches.
+    /// profile whose pattern or management names it matches. Operator commands use this: it
+    /// shows every node as it is now.
     pub fn discover(config: &Config) -> Result<Self, DeviceError> {
         let profiles = config.profiles();
-        let patterns = profiles
-            .iter()
-            .map(Patterns::of)
-            .collect::<Result<Vec<_>, _>>()?;
-        let dev_root = &config.dev_root;
-        let read_dir_error = |source| DeviceError::ReadDir {
-            path: dev_root.clone(),
-            source,
-        };
+        let patterns = compile(&profiles)?;
+        let (guarded, other_classes) = scan(&config.dev_root, &profiles, &patterns)?;
+        Ok(Self::of(
+            profiles,
+            &patterns,
+            guarded,
+            other_classes,
+            &config.dev_root,
+        ))
+    }
 
-        let mut all = Vec::new();
-        for entry in std::fs::read_dir(dev_root).map_err(read_dir_error)? {
-            let entry = entry.map_err(read_dir_error)?;
-            // Nodes can vanish between readdir and lstat (hot unplug): skip them.
-            if let Ok(Some(node)) = DeviceNode::stat(&entry.path()) {
-                all.push(node);
-            }
-        }
-        all.sort_by(|a, b| a.name.cmp(&b.name));
+    /// What [`Self::discover`] finds, from `state_dir`'s record of the last scan while
+    /// `dev_root` is unchanged (no node added, removed or renamed since): a container's start
+    /// costs the same on a server's `/dev` of hundreds of nodes as on a small one. Modes and
+    /// owners may be older than a `chmod` since; whoever copies them re-reads the node.
+    pub fn cached(config: &Config) -> Result<Self, DeviceError> {
+        let profiles = config.profiles();
+        let patterns = compile(&profiles)?;
+        let key = fingerprint(&profiles);
+        let (guarded, other_classes) =
+            dir_cache::cached(&config.state_dir, "devices", &config.dev_root, &key, || {
+                scan(&config.dev_root, &profiles, &patterns)
+            })?;
+        Ok(Self::of(
+            profiles,
+            &patterns,
+            guarded,
+            other_classes,
+            &config.dev_root,
+        ))
+    }
 
+    /// The families of `nodes` (sorted by name; every profile's nodes among them), with the
+    /// guarded nodes and the other classes found beside them.
+    fn of(
+        profiles: Vec<Profile>,
+        patterns: &[Patterns],
+        guarded: Vec<DeviceNode>,
+        other_classes: BTreeSet<DeviceClass>,
+        dev_root: &Path,
+    ) -> Self {
         let mut families: Vec<FamilyDevices> = profiles
             .into_iter()
             .map(|profile| FamilyDevices {
@@ -193,26 +284,17 @@ impl HostDevices {
                 missing_management: Vec::new(),
             })
             .collect();
-        let mut placed = Vec::new();
-        for node in &all {
-            let chip = patterns.iter().enumerate().find_map(|(i, p)| {
-                chip_index(&node.name, &p.chip)
-                    .map(|index| (i, index, false))
-                    .or_else(|| p.virtual_index(&node.name).map(|index| (i, index, true)))
-            });
-            if let Some(found) = chip {
-                placed.push((found, node.clone()));
+        for node in &guarded {
+            if let Some((family, index, is_virtual)) = place(patterns, &node.name) {
+                let f = &mut families[family];
+                if is_virtual {
+                    f.virtual_chips.insert(index, node.clone());
+                } else {
+                    f.chips.insert(index, node.clone());
+                }
             }
         }
-        for ((family, index, is_virtual), node) in placed {
-            let f = &mut families[family];
-            if is_virtual {
-                f.virtual_chips.insert(index, node);
-            } else {
-                f.chips.insert(index, node);
-            }
-        }
-        let by_name = |name: &str| all.iter().find(|n| n.name == name);
+        let by_name = |name: &str| guarded.iter().find(|n| n.name == name);
         for f in &mut families {
             for name in &f.profile.management_devices {
                 match by_name(name) {
@@ -226,16 +308,11 @@ impl HostDevices {
                 }
             }
         }
-        let mut host = Self {
+        Self {
             families,
-            ..Self::default()
-        };
-        let classes = host.classes();
-        let (guarded, others): (Vec<_>, Vec<_>) =
-            all.into_iter().partition(|n| classes.contains(&n.class()));
-        host.guarded_nodes = guarded;
-        host.other_classes = others.iter().map(DeviceNode::class).collect();
-        Ok(host)
+            guarded_nodes: guarded,
+            other_classes,
+        }
     }
 
     /// The guarded classes only, found the cheap way: of the names under `dev_root`, only
@@ -395,6 +472,17 @@ pub struct ContainerDevice {
     /// Path inside the container, e.g. `/dev/davinci1`.
     pub container_path: PathBuf,
     pub node: DeviceNode,
+}
+
+/// Re-reads each device's host node for its mode and owner, which a remembered scan
+/// ([`HostDevices::cached`]) may have from before a `chmod`. A node that is no longer a
+/// device node keeps what was known: the runtime then reports the host path it cannot use.
+pub fn refresh(devices: &mut [ContainerDevice]) {
+    for d in devices {
+        if let Ok(Some(now)) = DeviceNode::stat(&d.node.path) {
+            d.node = now;
+        }
+    }
 }
 
 /// Full-access grants for `devices`, sorted, without duplicates.

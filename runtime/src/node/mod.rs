@@ -2,6 +2,7 @@
 pub mod cgroup;
 pub mod config;
 pub mod devices;
+pub mod dir_cache;
 pub mod logging;
 pub mod profile;
 pub mod pseudo;

@@ -16,7 +16,9 @@ pub enum RuleError {
 }
 
 /// Device type, as cgroup rules and the kernel's BPF context spell it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum DevType {
     Char,
     Block,
@@ -128,7 +130,9 @@ impl fmt::Debug for Access {
 }
 
 /// A device class: every node of one (type, major).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct DeviceClass {
     pub dev_type: DevType,
     pub major: u32,

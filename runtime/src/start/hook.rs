@@ -58,6 +58,8 @@ pub fn parse_state(input: &[u8]) -> Result<State, Error> {
 pub struct HostView {
     devices: Result<HostDevices, DeviceError>,
     layout: Result<Layout, CgroupError>,
+    /// The layout came from [`Layout::probe`]: the cgroups found with it are checked.
+    probed: bool,
     /// The guard of this build, when the host has a unified tree and it is pinned already.
     guard: Option<Guard>,
     mount_api: MountApi,
@@ -65,21 +67,30 @@ pub struct HostView {
 
 impl HostView {
     pub fn gather(config: &Config) -> Self {
-        let layout = Layout::detect();
+        let (layout, probed) = match Layout::probe() {
+            Some(layout) => (Ok(layout), true),
+            None => (Layout::detect(), false),
+        };
         let guard = match &layout {
             Ok(Layout::Unified { .. } | Layout::Hybrid { .. }) => Guard::pinned(&config.bpf_dir),
             _ => None,
         };
         Self {
-            devices: HostDevices::discover(config),
+            devices: HostDevices::cached(config),
             layout,
+            probed,
             guard,
             mount_api: MountApi::probe(),
         }
     }
 }
 
-pub fn create_runtime(config: &Config, view: HostView, state: &State) -> Result<(), Error> {
+/// Prepares the container; `None` when it is left alone (it names and reaches no NPU).
+pub fn create_runtime(
+    config: &Config,
+    view: HostView,
+    state: &State,
+) -> Result<Option<Prepared>, Error> {
     let pid = state
         .pid()
         .filter(|p| *p > 0)
@@ -91,7 +102,7 @@ pub fn create_runtime(config: &Config, view: HostView, state: &State) -> Result<
     let names = Names::of(&spec, &host.classes(), &profiles, config.env_requests)?;
     let treatment = names.treatment(config.confine_unnamed);
     if treatment == Treatment::PassThrough {
-        return Ok(());
+        return Ok(None);
     }
     let mut devices = Vec::new();
     for (family, r) in &names.requests {
@@ -118,7 +129,13 @@ pub fn create_runtime(config: &Config, view: HostView, state: &State) -> Result<
             .chain(names.exact.iter().copied())
             .collect(),
     );
-    let cgroups = layout.container_cgroups(pid)?;
+    let mut cgroups = layout.container_cgroups(pid);
+    if view.probed && !cgroups.as_ref().is_ok_and(|c| c.hold(pid)) {
+        // Not where the standard places say (a tree shown from another root): ask the
+        // mount table.
+        cgroups = Layout::detect()?.container_cgroups(pid);
+    }
+    let cgroups = cgroups?;
 
     let mount_api = view.mount_api;
     let mut prepared = Vec::new();
@@ -178,10 +195,13 @@ pub fn create_runtime(config: &Config, view: HostView, state: &State) -> Result<
             let mut in_spec = spec.device_paths();
             // A user namespace's devices are bind-mounted by the runtime (the shim's edit).
             in_spec.extend(spec.mount_destinations());
-            let missing: Vec<&ContainerDevice> = devices
+            let mut missing: Vec<ContainerDevice> = devices
                 .iter()
                 .filter(|d| !in_spec.iter().any(|p| d.container_path == Path::new(p)))
+                .cloned()
                 .collect();
+            // Made with the host node's mode and owner: as they are now.
+            devices::refresh(&mut missing);
             if missing.is_empty() && prepared.is_empty() {
                 return Ok(());
             }
@@ -197,20 +217,44 @@ pub fn create_runtime(config: &Config, view: HostView, state: &State) -> Result<
     if let Some(refused) = &record.refused {
         tracing::warn!(id = state.id(), refused, "NPU request refused");
     }
-    tracing::info!(
-        id = state.id(),
-        devices = ?record.devices,
-        confined = record.confined,
-        mounts = record_mounts,
-        ?mount_api,
-        "NPU container prepared"
-    );
-    Ok(())
+    Ok(Some(Prepared {
+        id: record.id,
+        devices: record.devices,
+        confined: record.confined,
+        mounts: record_mounts,
+        mount_api,
+    }))
+}
+
+/// What `create-runtime` did for a container, for the hook's one log line (a line costs a
+/// write to the log file: each container start gets one).
+pub struct Prepared {
+    pub id: String,
+    pub devices: Vec<PathBuf>,
+    pub confined: bool,
+    pub mounts: usize,
+    pub mount_api: MountApi,
+}
+
+impl Prepared {
+    /// Logs the container's preparation, with the hook's duration.
+    pub fn log(&self, stage: &str, elapsed_us: u64) {
+        tracing::info!(
+            stage,
+            elapsed_us,
+            id = self.id,
+            devices = ?self.devices,
+            confined = self.confined,
+            mounts = self.mounts,
+            mount_api = ?self.mount_api,
+            "hook finished: NPU container prepared"
+        );
+    }
 }
 
 fn inside_container(
     rootfs: &Path,
-    missing: &[&ContainerDevice],
+    missing: &[ContainerDevice],
     prepared: Vec<mounts::Prepared>,
 ) -> Result<(), MountError> {
     let root = pathrs::Root::open(rootfs).map_err(|source| MountError::InRoot {

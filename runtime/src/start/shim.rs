@@ -108,7 +108,7 @@ pub fn edit_spec(
     hook: &HookCommand,
     cleanup: Cleanup,
 ) -> Result<(), Error> {
-    let host = HostDevices::discover(config)?;
+    let host = HostDevices::cached(config)?;
     let mut devices = Vec::new();
     let mut env = Vec::new();
     for (family, request) in requests {
@@ -129,6 +129,8 @@ pub fn edit_spec(
         }
         env.extend(family.profile.env.iter().cloned());
     }
+    // The spec carries each node's mode and owner: as they are now.
+    crate::node::devices::refresh(&mut devices);
     spec.apply(&Edit {
         devices: &devices,
         hook,
@@ -217,6 +219,11 @@ pub fn recheck(config: &Config, id: &str) -> Result<bool, Error> {
     };
     isolation::reapply(config, &record.enforced, &record.grants)?;
     Ok(true)
+}
+
+/// Whether container `id` has a record (it was prepared by our hook and not cleaned up).
+pub fn has_record(config: &Config, id: &str) -> bool {
+    state::record_path(&config.state_dir, id).is_ok_and(|p| p.symlink_metadata().is_ok())
 }
 
 /// After the runtime's `delete` of `id`, or a `create` that failed: removes the container's

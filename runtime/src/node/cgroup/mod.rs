@@ -117,6 +117,35 @@ impl Layout {
         Self::from_mounts(unified_root, &mounts)
     }
 
+    /// The layout from the filesystem types at the places runc and systemd mount cgroups
+    /// (`/sys/fs/cgroup` cgroup2; or a tmpfs there with the v1 `devices` and the v2 `unified`
+    /// trees below it), by `statfs` alone: the mount table of a node running many containers
+    /// is long, and reading it cost more than anything else the hook did for a container.
+    /// Their roots are taken to be `/`: a container's cgroups found through them are used
+    /// only once they are shown to hold it ([`ContainerCgroups::hold`]). `None`: another
+    /// arrangement, for [`Self::detect`].
+    pub fn probe() -> Option<Self> {
+        use nix::sys::statfs::{CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC, TMPFS_MAGIC, statfs};
+        let fs = |path: &Path| statfs(path).ok().map(|s| s.filesystem_type());
+        let at = |path: &Path| Mount {
+            mount_point: path.to_path_buf(),
+            root: "/".into(),
+        };
+        let root = Path::new(CGROUP_ROOT);
+        let here = fs(root)?;
+        if here == CGROUP2_SUPER_MAGIC {
+            return Some(Self::Unified { root: at(root) });
+        }
+        let (devices, unified) = (root.join("devices"), root.join("unified"));
+        (here == TMPFS_MAGIC
+            && fs(&devices)? == CGROUP_SUPER_MAGIC
+            && fs(&unified)? == CGROUP2_SUPER_MAGIC)
+            .then(|| Self::Hybrid {
+                devices: at(&devices),
+                unified: at(&unified),
+            })
+    }
+
     /// Decides the layout from whether `/sys/fs/cgroup` is cgroup2 and the mount table.
     pub fn from_mounts(unified_root: bool, mounts: &[MountInfo]) -> Result<Self, CgroupError> {
         let root = Path::new(CGROUP_ROOT);
@@ -256,6 +285,18 @@ pub struct UnifiedCgroup {
 pub struct ContainerCgroups {
     pub unified: Option<UnifiedCgroup>,
     pub devices_v1: Option<PathBuf>,
+}
+
+impl ContainerCgroups {
+    /// Whether process `pid` is in each of these cgroups (their `cgroup.procs` list it).
+    pub fn hold(&self, pid: u32) -> bool {
+        let holds = |dir: &Path| {
+            read(&dir.join("cgroup.procs"))
+                .is_ok_and(|text| text.lines().any(|l| l.trim().parse() == Ok(pid)))
+        };
+        self.unified.as_ref().is_none_or(|u| holds(&u.dir))
+            && self.devices_v1.as_deref().is_none_or(holds)
+    }
 }
 
 /// A container as its cgroup path names it: the engine that placed it there and its id.
