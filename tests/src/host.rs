@@ -270,6 +270,22 @@ impl FakeHost {
         }
     }
 
+    /// Fills `dev_root` the way a server's `/dev` is filled besides its accelerators: `nodes`
+    /// char nodes of a class outside the guarded ones (`ttyN` of the `other0` major) and
+    /// `links` symlinks to them.
+    pub fn add_unrelated(&self, nodes: u32, links: u32) {
+        for i in 1..=nodes {
+            fake_node(&self.dev_root, &format!("tty{i}"), self.other_major, i);
+        }
+        for i in 0..links {
+            std::os::unix::fs::symlink(
+                format!("tty{}", 1 + i % nodes.max(1)),
+                self.dev_root.join(format!("link{i}")),
+            )
+            .unwrap();
+        }
+    }
+
     /// Appends `text` (e.g. a `[profiles.NAME]` table) to the configuration file and reloads it.
     pub fn append_config(&mut self, text: &str) {
         let mut config = std::fs::read_to_string(&self.config_path).unwrap();
