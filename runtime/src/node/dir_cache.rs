@@ -173,6 +173,34 @@ mod tests {
     }
 
     #[test]
+    fn only_a_private_state_dir_counts() {
+        let state = tempfile::tempdir().unwrap();
+        let state_dir = state.path().join("state");
+        let dir = tempfile::tempdir().unwrap();
+        let entry = Entry {
+            dir: dir.path().to_path_buf(),
+            stamp: Stamp::of(dir.path()).unwrap(),
+            key: "k".to_string(),
+            value: 1u32,
+        };
+        state::write_node(&state_dir, "t", &entry).unwrap();
+        assert_eq!(
+            cached(&state_dir, "t", dir.path(), "k", || Ok::<_, ()>(2)),
+            Ok(1)
+        );
+        // Someone else could have written it: scanned instead.
+        std::fs::set_permissions(
+            state_dir.join("node"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .unwrap();
+        assert_eq!(
+            cached(&state_dir, "t", dir.path(), "k", || Ok::<_, ()>(2)),
+            Ok(2)
+        );
+    }
+
+    #[test]
     fn settled_means_older_than_a_tick() {
         let dir = tempfile::tempdir().unwrap();
         let fresh = Stamp::of(dir.path()).unwrap();

@@ -156,6 +156,10 @@ pub fn read_node<T: serde::de::DeserializeOwned>(
     state_dir: &Path,
     name: &str,
 ) -> Result<Option<T>, StateError> {
+    // Only what root alone can have written there counts.
+    if !trust::check_private_dir(&state_dir.join("node"))? {
+        return Ok(None);
+    }
     let path = node_path(state_dir, name);
     match read_nofollow(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
