@@ -12,6 +12,16 @@ use npu_tests::{
     runc::RuncContainer,
 };
 
+/// Waits up to 20 s for `path` to exist (a slowed step announcing itself); `what` says why
+/// it never came.
+fn wait_for(path: &std::path::Path, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !path.exists() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 fn can_run() -> bool {
     require_root() && require_tools(&["runc", "busybox", "nsenter"])
 }
@@ -220,11 +230,7 @@ fn runc_killed_mid_create() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !entered.exists() {
-        assert!(std::time::Instant::now() < deadline, "the hook never ran");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_for(&entered, "the hook never ran");
     // The shim's runc is tied to it (as an exec'd runc would be the same process): killing
     // the command the engine started kills runc mid-create.
     runc.kill().unwrap();
@@ -295,11 +301,7 @@ fn shim_killed_mid_delete() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !entered.exists() {
-        assert!(std::time::Instant::now() < deadline, "the delete never ran");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_for(&entered, "the delete never ran");
     shim.kill().unwrap();
     shim.wait().unwrap();
     std::fs::write(&release, "").unwrap();

@@ -160,14 +160,13 @@ fn fingerprint(profiles: &[Profile]) -> String {
     format!("{names:?}")
 }
 
+/// What a scan of `dev_root` keeps: the nodes of guarded classes and the other classes.
+type Scan = (Vec<DeviceNode>, BTreeSet<DeviceClass>);
+
 /// Every device node under `dev_root` (one level, no symlinks followed), split into the
 /// nodes of guarded classes (those of any profile's node, sorted by name) and the classes of
 /// the others.
-fn scan(
-    dev_root: &Path,
-    profiles: &[Profile],
-    patterns: &[Patterns],
-) -> Result<(Vec<DeviceNode>, BTreeSet<DeviceClass>), DeviceError> {
+fn scan(dev_root: &Path, profiles: &[Profile], patterns: &[Patterns]) -> Result<Scan, DeviceError> {
     let read_dir_error = |source| DeviceError::ReadDir {
         path: dev_root.to_path_buf(),
         source,
@@ -232,16 +231,9 @@ impl HostDevices {
     /// profile whose pattern or management names it matches. Operator commands use this: it
     /// shows every node as it is now.
     pub fn discover(config: &Config) -> Result<Self, DeviceError> {
-        let profiles = config.profiles();
-        let patterns = compile(&profiles)?;
-        let (guarded, other_classes) = scan(&config.dev_root, &profiles, &patterns)?;
-        Ok(Self::of(
-            profiles,
-            &patterns,
-            guarded,
-            other_classes,
-            &config.dev_root,
-        ))
+        Self::found(config, |profiles, patterns| {
+            scan(&config.dev_root, profiles, patterns)
+        })
     }
 
     /// What [`Self::discover`] finds, from `state_dir`'s record of the last scan while
@@ -249,13 +241,25 @@ impl HostDevices {
     /// costs the same on a server's `/dev` of hundreds of nodes as on a small one. Modes and
     /// owners may be older than a `chmod` since; whoever copies them re-reads the node.
     pub fn cached(config: &Config) -> Result<Self, DeviceError> {
+        Self::found(config, |profiles, patterns| {
+            dir_cache::cached(
+                &config.state_dir,
+                "devices",
+                &config.dev_root,
+                &fingerprint(profiles),
+                || scan(&config.dev_root, profiles, patterns),
+            )
+        })
+    }
+
+    /// The host's devices from what `scanned` returns for the configured profiles.
+    fn found(
+        config: &Config,
+        scanned: impl FnOnce(&[Profile], &[Patterns]) -> Result<Scan, DeviceError>,
+    ) -> Result<Self, DeviceError> {
         let profiles = config.profiles();
         let patterns = compile(&profiles)?;
-        let key = fingerprint(&profiles);
-        let (guarded, other_classes) =
-            dir_cache::cached(&config.state_dir, "devices", &config.dev_root, &key, || {
-                scan(&config.dev_root, &profiles, &patterns)
-            })?;
+        let (guarded, other_classes) = scanned(&profiles, &patterns)?;
         Ok(Self::of(
             profiles,
             &patterns,

@@ -343,13 +343,15 @@ pub fn container_of(path: &str) -> Option<NamedContainer> {
     named("containerd", last)
 }
 
-/// Ids of every cgroup under `root` (directory inode numbers on cgroup2 are cgroup ids).
-pub fn live_ids(root: &Path) -> BTreeSet<u64> {
-    let mut ids = BTreeSet::new();
+/// Visits every cgroup directory under `root` with its inode number (on cgroup2, the cgroup
+/// id), until `visit` returns false.
+fn walk(root: &Path, mut visit: impl FnMut(&Path, u64) -> bool) {
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        if let Ok(meta) = std::fs::metadata(&dir) {
-            ids.insert(meta.ino());
+        if let Ok(meta) = std::fs::metadata(&dir)
+            && !visit(&dir, meta.ino())
+        {
+            return;
         }
         if let Ok(entries) = std::fs::read_dir(&dir) {
             stack.extend(
@@ -360,29 +362,31 @@ pub fn live_ids(root: &Path) -> BTreeSet<u64> {
             );
         }
     }
+}
+
+/// Ids of every cgroup under `root` (directory inode numbers on cgroup2 are cgroup ids).
+pub fn live_ids(root: &Path) -> BTreeSet<u64> {
+    let mut ids = BTreeSet::new();
+    walk(root, |_, id| {
+        ids.insert(id);
+        true
+    });
     ids
 }
 
 /// The path (as `/proc/PID/cgroup` shows it) of the cgroup with id `id` under `mount`, found by
 /// walking the tree (ids are directory inode numbers).
 pub fn path_of_id(mount: &Mount, id: u64) -> Option<String> {
-    let mut stack = vec![mount.mount_point.clone()];
-    while let Some(dir) = stack.pop() {
-        if std::fs::metadata(&dir).is_ok_and(|m| m.ino() == id) {
-            let rel = dir.strip_prefix(&mount.mount_point).ok()?;
-            let root = mount.root.trim_end_matches('/');
-            return Some(format!("{root}/{}", rel.display()));
+    let mut found = None;
+    walk(&mount.mount_point, |dir, ino| {
+        if ino == id {
+            found = Some(dir.to_path_buf());
         }
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            stack.extend(
-                entries
-                    .flatten()
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .map(|e| e.path()),
-            );
-        }
-    }
-    None
+        found.is_none()
+    });
+    let rel = found?.strip_prefix(&mount.mount_point).ok()?.to_path_buf();
+    let root = mount.root.trim_end_matches('/');
+    Some(format!("{root}/{}", rel.display()))
 }
 
 /// One line of `/proc/PID/cgroup`: `hierarchy-id:controller-list:path`.
