@@ -127,9 +127,10 @@ fn shim_command() -> clap::Command {
             "Container engines call npu-container-runtime exactly like runc. On create (and \
              run) it reads the bundle's config.json, resolves the container's NPU request \
              against the host's devices, writes the grant into the spec (device nodes, an exact \
-             device-cgroup rule per node) with npu-container-hook as createRuntime and poststop \
-             hook, and execs the real runtime (the config's runtimes, runc then crun) with the \
-             same arguments. Every other command is handed on unchanged. A bad request fails \
+             device-cgroup rule per node) with npu-container-hook as createRuntime hook, and \
+             runs the real runtime (the config's runtimes, runc then crun) with the same \
+             arguments. After delete it removes the container's grants and record itself (no \
+             poststop hook). Every other command is handed on unchanged. A bad request fails \
              create with a message naming the variable; the container is not created. \
              Register it with `npu-ctk runtime configure`.",
         )
@@ -243,7 +244,8 @@ fn hook_sections() -> Vec<Section> {
             (DEFAULT_PATH, "The runtime's configuration."),
             (
                 "/run/npu-container-runtime",
-                "Per-container records (state_dir), so poststop and npu-ctk gc can clean up.",
+                "Per-container records (state_dir), so the shim's delete, poststop and npu-ctk \
+                 gc can clean up; node facts under node/.",
             ),
             (
                 "/sys/fs/bpf/npu-container-runtime",
