@@ -58,8 +58,9 @@ pub fn parse_state(input: &[u8]) -> Result<State, Error> {
 pub struct HostView {
     devices: Result<HostDevices, DeviceError>,
     layout: Result<Layout, CgroupError>,
-    /// The layout came from [`Layout::probe`]: the cgroups found with it are checked.
-    probed: bool,
+    /// The layout came from [`Layout::probe`] and may show the cgroup tree from elsewhere
+    /// than its root: the cgroups found with it must be shown to hold the container.
+    check: bool,
     /// The guard of this build, when the host has a unified tree and it is pinned already.
     guard: Option<Guard>,
     mount_api: MountApi,
@@ -67,8 +68,8 @@ pub struct HostView {
 
 impl HostView {
     pub fn gather(config: &Config) -> Self {
-        let (layout, probed) = match Layout::probe() {
-            Some(layout) => (Ok(layout), true),
+        let (layout, check) = match Layout::probe() {
+            Some(probed) => (Ok(probed.layout), !probed.exact),
             None => (Layout::detect(), false),
         };
         let guard = match &layout {
@@ -78,7 +79,7 @@ impl HostView {
         Self {
             devices: HostDevices::cached(config),
             layout,
-            probed,
+            check,
             guard,
             mount_api: MountApi::probe(),
         }
@@ -130,7 +131,7 @@ pub fn create_runtime(
             .collect(),
     );
     let mut cgroups = layout.container_cgroups(pid);
-    if view.probed && !cgroups.as_ref().is_ok_and(|c| c.hold(pid)) {
+    if view.check && !cgroups.as_ref().is_ok_and(|c| c.hold(pid)) {
         // Not where the standard places say (a tree shown from another root): ask the
         // mount table.
         cgroups = Layout::detect()?.container_cgroups(pid);

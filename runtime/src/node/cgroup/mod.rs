@@ -44,6 +44,21 @@ pub enum CgroupError {
     },
 }
 
+/// `/proc/self/ns/cgroup`'s inode number in the initial cgroup namespace (the kernel's
+/// `PROC_CGROUP_INIT_INO`, fixed).
+const INITIAL_CGROUP_NS: u64 = 0xEFFF_FFFB;
+
+/// The inode number of a cgroup hierarchy's root directory (the first kernfs node).
+const HIERARCHY_ROOT_INO: u64 = 1;
+
+/// A layout found by [`Layout::probe`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probed {
+    pub layout: Layout,
+    /// The paths `/proc/PID/cgroup` shows map onto the mounts as they are (see `probe`).
+    pub exact: bool,
+}
+
 /// How device access is controlled on this host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Layout {
@@ -121,10 +136,12 @@ impl Layout {
     /// (`/sys/fs/cgroup` cgroup2; or a tmpfs there with the v1 `devices` and the v2 `unified`
     /// trees below it), by `statfs` alone: the mount table of a node running many containers
     /// is long, and reading it cost more than anything else the hook did for a container.
-    /// Their roots are taken to be `/`: a container's cgroups found through them are used
-    /// only once they are shown to hold it ([`ContainerCgroups::hold`]). `None`: another
-    /// arrangement, for [`Self::detect`].
-    pub fn probe() -> Option<Self> {
+    /// Their roots are taken to be `/`. That is known when each mount point is its
+    /// hierarchy's root directory (inode 1) and this process is in the initial cgroup
+    /// namespace (so `/proc/PID/cgroup` paths start at that root): then `exact` is true.
+    /// Otherwise a container's cgroups found through them must be shown to hold it
+    /// ([`ContainerCgroups::hold`]). `None`: another arrangement, for [`Self::detect`].
+    pub fn probe() -> Option<Probed> {
         use nix::sys::statfs::{CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC, TMPFS_MAGIC, statfs};
         let fs = |path: &Path| statfs(path).ok().map(|s| s.filesystem_type());
         let at = |path: &Path| Mount {
@@ -133,17 +150,29 @@ impl Layout {
         };
         let root = Path::new(CGROUP_ROOT);
         let here = fs(root)?;
-        if here == CGROUP2_SUPER_MAGIC {
-            return Some(Self::Unified { root: at(root) });
-        }
-        let (devices, unified) = (root.join("devices"), root.join("unified"));
-        (here == TMPFS_MAGIC
-            && fs(&devices)? == CGROUP_SUPER_MAGIC
-            && fs(&unified)? == CGROUP2_SUPER_MAGIC)
-            .then(|| Self::Hybrid {
+        let (layout, points) = if here == CGROUP2_SUPER_MAGIC {
+            (Self::Unified { root: at(root) }, vec![root.to_path_buf()])
+        } else {
+            let (devices, unified) = (root.join("devices"), root.join("unified"));
+            if !(here == TMPFS_MAGIC
+                && fs(&devices)? == CGROUP_SUPER_MAGIC
+                && fs(&unified)? == CGROUP2_SUPER_MAGIC)
+            {
+                return None;
+            }
+            let layout = Self::Hybrid {
                 devices: at(&devices),
                 unified: at(&unified),
-            })
+            };
+            (layout, vec![devices, unified])
+        };
+        let initial_ns =
+            std::fs::metadata("/proc/self/ns/cgroup").is_ok_and(|m| m.ino() == INITIAL_CGROUP_NS);
+        let exact = initial_ns
+            && points
+                .iter()
+                .all(|p| std::fs::metadata(p).is_ok_and(|m| m.ino() == HIERARCHY_ROOT_INO));
+        Some(Probed { layout, exact })
     }
 
     /// Decides the layout from whether `/sys/fs/cgroup` is cgroup2 and the mount table.
