@@ -293,15 +293,18 @@ pub fn run(config: &Config, json: bool, verbose: bool, out: &mut impl Write) -> 
         };
         resolver.reload();
         let mut rescan = tokio::time::interval(Duration::from_secs(1));
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|source| crate::error::Error::Stdio {
-                what: "watch for SIGTERM",
-                source,
-            })?;
+        // Both streams live across the loop: a signal that comes while an event is being
+        // handled is kept for the next turn (a `ctrl_c()` made anew each turn missed it).
+        let watch = |kind, what| {
+            tokio::signal::unix::signal(kind)
+                .map_err(|source| crate::error::Error::Stdio { what, source })
+        };
+        let mut int = watch(tokio::signal::unix::SignalKind::interrupt(), "watch for SIGINT")?;
+        let mut term = watch(tokio::signal::unix::SignalKind::terminate(), "watch for SIGTERM")?;
         let mut announced = false;
         loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => break,
+                _ = int.recv() => break,
                 _ = term.recv() => break,
                 _ = rescan.tick() => {
                     // The ring is followed once per pin: maps pinned afresh (after their
