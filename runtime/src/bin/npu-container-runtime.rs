@@ -44,12 +44,17 @@ fn spawn(runtime: &PathBuf, args: &[OsString], tied: bool) -> Result<ExitStatus,
     let mut cmd = Command::new(runtime);
     cmd.args(args);
     if tied {
-        // SAFETY: runs in the forked child before exec; prctl is async-signal-safe and
-        // touches no memory of the parent.
+        let parent = nix::unistd::getpid();
+        // SAFETY: runs in the forked child before exec; prctl and getppid are
+        // async-signal-safe and touch no memory of the parent.
         unsafe {
-            cmd.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                    .map_err(std::io::Error::from)
+            cmd.pre_exec(move || {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+                // We died before the tie was made: do not run untied.
+                if nix::unistd::getppid() != parent {
+                    return Err(std::io::Error::other("the shim is gone"));
+                }
+                Ok(())
             });
         }
     }
@@ -59,26 +64,34 @@ fn spawn(runtime: &PathBuf, args: &[OsString], tied: bool) -> Result<ExitStatus,
     })
 }
 
-/// Ends this process as the runtime ended: its exit code, or 128 + the signal that killed it
-/// (what a shell reports, and what engines see from an exec'd runtime killed that way).
+/// Ends this process as the runtime ended: with its exit code, or killed by the same signal
+/// (what engines see from an exec'd runtime), or 128 + that signal if it cannot kill us.
 fn exit_like(status: ExitStatus) -> ! {
+    use nix::sys::signal::{SigHandler, Signal, raise, signal};
     use std::os::unix::process::ExitStatusExt;
-    std::process::exit(
-        status
-            .code()
-            .or_else(|| status.signal().map(|s| 128 + s))
-            .unwrap_or(1),
-    )
+    if let Some(code) = status.code() {
+        std::process::exit(code)
+    }
+    let number = status.signal().unwrap_or(1);
+    if let Ok(sig) = Signal::try_from(number) {
+        // SAFETY: the default disposition installs no handler of ours; nothing runs after
+        // this but the raise and, if the signal does not end us, the exit below.
+        unsafe {
+            let _ = signal(sig, SigHandler::SigDfl);
+        }
+        let _ = raise(sig);
+    }
+    std::process::exit(128 + number)
 }
 
 /// Removes the container's grants and record after the runtime's `delete` (or a failed
 /// `create`). It never changes the runtime's exit code: a failure is logged, and `npu-ctk
 /// gc` removes what is left.
-fn clean_up(config: &Config, parsed: &RuncArgs, deleted: bool, log: impl Fn()) {
+fn clean_up(config: &Config, parsed: &RuncArgs, log: impl Fn()) {
     let Some(id) = &parsed.container_id else {
         return;
     };
-    if let Err(e) = shim::cleanup(config, id, deleted) {
+    if let Err(e) = shim::cleanup(config, id) {
         log();
         tracing::warn!(id, "cleanup left for npu-ctk gc: {e}");
     }
@@ -130,7 +143,7 @@ fn main() {
             println!("{NAME} version {}", env!("CARGO_PKG_VERSION"));
             println!("guard program {}", npu_runtime::enforce::guard::version());
             println!("low-level runtime {}", runtime.display());
-            std::process::exit(status.code().unwrap_or(1))
+            exit_like(status)
         }
         // A help request is the runtime's to answer: no bundle is involved.
         Some("create" | "run") if parsed.help => logged_fail(&exec(&runtime, &args)),
@@ -151,19 +164,24 @@ fn main() {
             let treatment =
                 shim::prepare_bundle(&config, &bundle, cleanup).unwrap_or_else(|e| fail(&e));
             // A container left alone has no hook of ours: nothing to clean up after it.
-            if foreground || treatment == Treatment::PassThrough {
+            // Socket activation (`LISTEN_PID` set by conmon) names the runtime's own pid,
+            // which only an exec keeps: a failed create is then left to gc.
+            if foreground
+                || treatment == Treatment::PassThrough
+                || std::env::var_os("LISTEN_PID").is_some()
+            {
                 logged_fail(&exec(&runtime, &args))
             }
             let status = spawn(&runtime, &args, true).unwrap_or_else(|e| logged_fail(&e));
             // A failed create may have passed our hook (a later step failed): the runtime
             // removed the cgroup, so its grants and record go now rather than at the next gc.
             if !status.success() {
-                clean_up(&config, &parsed, false, log);
+                clean_up(&config, &parsed, log);
             }
             exit_like(status)
         }
         // Most deleted containers have no record of ours (they were left alone): one failed
-        // open, then the runtime in our place.
+        // lstat, then the runtime in our place.
         Some("delete")
             if parsed
                 .container_id
@@ -173,7 +191,7 @@ fn main() {
             // Not tied to our life: a runtime's delete left half done is worse than one that
             // finishes after we were killed (gc then removes the record).
             let status = spawn(&runtime, &args, false).unwrap_or_else(|e| logged_fail(&e));
-            clean_up(&config, &parsed, status.success(), log);
+            clean_up(&config, &parsed, log);
             exit_like(status)
         }
         Some("update") => {

@@ -144,7 +144,8 @@ fn place(patterns: &[Patterns], name: &str) -> Option<(usize, u32, bool)> {
     })
 }
 
-/// What the scan of `dev_root` depends on besides the directory: the profiles' names.
+/// What the scan of `dev_root` depends on besides the directory: this build (an upgrade may
+/// scan or classify differently) and the profiles' names.
 fn fingerprint(profiles: &[Profile]) -> String {
     let names: Vec<_> = profiles
         .iter()
@@ -157,7 +158,7 @@ fn fingerprint(profiles: &[Profile]) -> String {
             )
         })
         .collect();
-    format!("{names:?}")
+    format!("{} {names:?}", env!("CARGO_PKG_VERSION"))
 }
 
 /// What a scan of `dev_root` keeps: the nodes of guarded classes and the other classes.
@@ -319,40 +320,6 @@ impl HostDevices {
         }
     }
 
-    /// The guarded classes only, found the cheap way: of the names under `dev_root`, only
-    /// those that can be accelerator nodes (a profile's patterns, its management names) are
-    /// inspected. Containers that name no device are checked against these on every start.
-    pub fn npu_classes(config: &Config) -> Result<BTreeSet<DeviceClass>, DeviceError> {
-        let profiles = config.profiles();
-        let patterns = profiles
-            .iter()
-            .map(Patterns::of)
-            .collect::<Result<Vec<_>, _>>()?;
-        let read_dir_error = |source| DeviceError::ReadDir {
-            path: config.dev_root.clone(),
-            source,
-        };
-        let mut classes = BTreeSet::new();
-        for entry in std::fs::read_dir(&config.dev_root).map_err(read_dir_error)? {
-            let entry = entry.map_err(read_dir_error)?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else {
-                continue;
-            };
-            let accelerator = patterns
-                .iter()
-                .any(|p| chip_index(name, &p.chip).is_some() || p.virtual_index(name).is_some())
-                || profiles.iter().any(|p| {
-                    p.management_devices.iter().any(|m| m == name)
-                        || p.optional_management_devices.iter().any(|m| m == name)
-                });
-            if accelerator && let Ok(Some(node)) = DeviceNode::stat(&entry.path()) {
-                classes.insert(node.class());
-            }
-        }
-        Ok(classes)
-    }
-
     /// The guarded classes: (type, major) of every node of every profile.
     pub fn classes(&self) -> BTreeSet<DeviceClass> {
         self.families
@@ -479,12 +446,15 @@ pub struct ContainerDevice {
 }
 
 /// Re-reads each device's host node for its mode and owner, which a remembered scan
-/// ([`HostDevices::cached`]) may have from before a `chmod`. A node that is no longer a
-/// device node keeps what was known: the runtime then reports the host path it cannot use.
+/// ([`HostDevices::cached`]) may have from before a `chmod`. A node that is no longer the
+/// same device keeps what was known, which its grant names.
 pub fn refresh(devices: &mut [ContainerDevice]) {
     for d in devices {
-        if let Ok(Some(now)) = DeviceNode::stat(&d.node.path) {
-            d.node = now;
+        // Only a node that is still the same device: the grants name that one.
+        if let Ok(Some(now)) = DeviceNode::stat(&d.node.path)
+            && (now.dev_type, now.major, now.minor) == (d.node.dev_type, d.node.major, d.node.minor)
+        {
+            (d.node.mode, d.node.uid, d.node.gid) = (now.mode, now.uid, now.gid);
         }
     }
 }

@@ -37,17 +37,17 @@ impl Stamp {
         })
     }
 
-    /// Whether the last change is old enough that a later one must show in the stamp.
-    fn settled(&self) -> bool {
+    /// Whether the last change was at least [`SETTLE`] before `looked` (taken before the
+    /// stamp was read): any later change then falls in a later tick and shows in the stamp.
+    fn settled(&self, looked: SystemTime) -> bool {
         let at = |(s, ns): (i64, i64)| {
             u64::try_from(s)
                 .ok()
                 .map(|s| UNIX_EPOCH + Duration::from_secs(s) + Duration::from_nanos(ns as u64))
         };
-        let now = SystemTime::now();
         [self.mtime, self.ctime]
             .into_iter()
-            .all(|t| at(t).is_some_and(|t| now.duration_since(t).is_ok_and(|age| age >= SETTLE)))
+            .all(|t| at(t).is_some_and(|t| looked.duration_since(t).is_ok_and(|age| age >= SETTLE)))
     }
 }
 
@@ -73,6 +73,7 @@ pub fn cached<T, E>(
 where
     T: Serialize + DeserializeOwned,
 {
+    let looked = SystemTime::now();
     let before = Stamp::of(dir);
     if let Some(stamp) = &before
         && let Ok(Some(entry)) = state::read_node::<Entry<T>>(state_dir, name)
@@ -84,7 +85,7 @@ where
     }
     let value = compute()?;
     if let Some(stamp) = before
-        && stamp.settled()
+        && stamp.settled(looked)
         && Stamp::of(dir).as_ref() == Some(&stamp)
     {
         let entry = Entry {
@@ -201,15 +202,34 @@ mod tests {
     }
 
     #[test]
-    fn settled_means_older_than_a_tick() {
+    fn settled_means_older_than_a_tick_when_looked_at() {
         let dir = tempfile::tempdir().unwrap();
         let fresh = Stamp::of(dir.path()).unwrap();
-        assert!(!fresh.settled());
+        assert!(!fresh.settled(SystemTime::now()));
         let old = Stamp {
             mtime: (fresh.mtime.0 - 10, 0),
             ctime: (fresh.ctime.0 - 10, 0),
             ..fresh
         };
-        assert!(old.settled());
+        assert!(old.settled(SystemTime::now()));
+        // Looked at right after the change: not settled, however long the scan then took.
+        let changed = UNIX_EPOCH + Duration::from_secs(fresh.mtime.0 as u64);
+        assert!(!fresh.settled(changed + Duration::from_millis(10)));
+    }
+
+    #[test]
+    fn a_settled_directory_is_scanned_once() {
+        let state = tempfile::tempdir().unwrap();
+        let state_dir = state.path().join("state");
+        let dir = tempfile::tempdir().unwrap();
+        std::thread::sleep(SETTLE + Duration::from_millis(100));
+        let calls = std::cell::Cell::new(0);
+        let counted = || {
+            calls.set(calls.get() + 1);
+            Ok::<_, ()>(7u32)
+        };
+        assert_eq!(cached(&state_dir, "t", dir.path(), "k", counted), Ok(7));
+        assert_eq!(cached(&state_dir, "t", dir.path(), "k", counted), Ok(7));
+        assert_eq!(calls.get(), 1, "a settled directory was scanned twice");
     }
 }

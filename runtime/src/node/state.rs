@@ -3,6 +3,7 @@
 use std::{
     collections::BTreeSet,
     io::Write as _,
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
 
@@ -62,6 +63,28 @@ pub struct Enforced {
 }
 
 impl Enforced {
+    /// [`Self::gone`] from the recorded directory alone, as the hook saw it: `Some(false)`
+    /// while it holds our cgroup, `Some(true)` when it holds another one (a new cgroup of the
+    /// same name) or is missing below a parent that is in the cgroup2 tree here, `None` when
+    /// the path means nothing in this mount namespace (the caller then asks by id). One or
+    /// two `stat`s. A v1-only record is judged by its path, as gc judges it.
+    pub fn gone_at_recorded_path(&self) -> Option<bool> {
+        match (self.cgroup_id, &self.unified_dir) {
+            (Some(id), Some(dir)) => match std::fs::metadata(dir) {
+                Ok(m) => Some(m.ino() != id),
+                Err(_) => {
+                    let parent = dir.parent()?;
+                    let cgroup2 = nix::sys::statfs::statfs(parent).is_ok_and(|s| {
+                        s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC
+                    });
+                    cgroup2.then_some(true)
+                }
+            },
+            (None, None) => Some(self.devices_v1_dir.as_ref().is_some_and(|d| !d.exists())),
+            _ => None,
+        }
+    }
+
     /// Whether the container's cgroups are gone, so nothing of it can run any more. `live`
     /// holds the ids of the unified tree's cgroups (None on a v1-only host): ids are the same
     /// in every mount namespace, while the recorded paths are as the hook saw them (maybe in

@@ -99,16 +99,16 @@ pub fn hook_env() -> Vec<String> {
     env
 }
 
-/// Adds the devices, grants, hooks and env of `requests` (by index into
+/// Adds the devices (of `host`), grants, hooks and env of `requests` (by index into
 /// `config.profiles()`) to the spec.
 pub fn edit_spec(
     config: &Config,
+    host: &HostDevices,
     spec: &mut Spec,
     requests: &[(usize, Request)],
     hook: &HookCommand,
     cleanup: Cleanup,
 ) -> Result<(), Error> {
-    let host = HostDevices::cached(config)?;
     let mut devices = Vec::new();
     let mut env = Vec::new();
     for (family, request) in requests {
@@ -157,12 +157,8 @@ pub fn edit(config: &Config, spec: &mut Spec, cleanup: Cleanup) -> Result<Treatm
     if !asks && !rules.iter().any(opens) && spec.devices().is_empty() {
         return Ok(Treatment::PassThrough);
     }
-    let names = Names::of(
-        spec,
-        &HostDevices::npu_classes(config)?,
-        &profiles,
-        config.env_requests,
-    )?;
+    let host = HostDevices::cached(config)?;
+    let names = Names::of(spec, &host.classes(), &profiles, config.env_requests)?;
     if let Some(refused) = &names.refused {
         // The engine's log is where the one who started the container looks.
         tracing::warn!(
@@ -174,7 +170,14 @@ pub fn edit(config: &Config, spec: &mut Spec, cleanup: Cleanup) -> Result<Treatm
     match treatment {
         Treatment::PassThrough => {}
         Treatment::Grant if !names.requests.is_empty() => {
-            edit_spec(config, spec, &names.requests, &hook_command()?, cleanup)?;
+            edit_spec(
+                config,
+                &host,
+                spec,
+                &names.requests,
+                &hook_command()?,
+                cleanup,
+            )?;
         }
         // Named by exact entries only, or confined: the runtime already has the devices and
         // rules it needs; the hook registers the container.
@@ -227,22 +230,25 @@ pub fn has_record(config: &Config, id: &str) -> bool {
 }
 
 /// After the runtime's `delete` of `id`, or a `create` that failed: removes the container's
-/// grants and record once the container is gone. `deleted` says the runtime reported it
-/// deleted; otherwise (a running container without `--force`, a `create` that failed, an id
-/// the runtime no longer knows) the record goes only if the container's cgroups are gone, as
-/// `npu-ctk gc` would judge it. Returns whether a record was removed.
-pub fn cleanup(config: &Config, id: &str, deleted: bool) -> Result<bool, Error> {
-    // Most deletes are of containers that never had a record: one failed open.
+/// grants and record once its cgroup is gone. The runtime's word is not enough: `delete
+/// --force` of an id it does not know succeeds (another root may run a container of that
+/// id), and a refused `delete` leaves a running container. Returns whether a record went.
+pub fn cleanup(config: &Config, id: &str) -> Result<bool, Error> {
     let Some(record) = state::read(&config.state_dir, id)? else {
         return Ok(false);
     };
-    if !deleted {
-        let live = Layout::detect()?
-            .unified()
-            .map(|m| cgroup::live_ids(&m.mount_point));
-        if !record.enforced.gone(live.as_ref()) {
-            return Ok(false);
+    let gone = match record.enforced.gone_at_recorded_path() {
+        Some(gone) => gone,
+        // The recorded path does not answer here (another mount namespace?): by id.
+        None => {
+            let live = Layout::detect()?
+                .unified()
+                .map(|m| cgroup::live_ids(&m.mount_point));
+            record.enforced.gone(live.as_ref())
         }
+    };
+    if !gone {
+        return Ok(false);
     }
     isolation::release(config, &record.enforced, &record.grants)?;
     state::remove(&config.state_dir, &record.id)?;
