@@ -24,6 +24,7 @@ use crate::host::FakeHost;
 
 pub mod cgroups;
 pub mod engines;
+pub mod guest;
 pub mod host;
 pub mod probe;
 pub mod qemu;

@@ -231,3 +231,113 @@ pub fn boot(kernel: &Path, initramfs: &Path, layout: &str, dir: &Path, limit: Du
         seconds: started.elapsed().as_secs_f64(),
     }
 }
+
+/// Where `cargo xtask setup` keeps the node images (`NPU_TEST_NODES` overrides it).
+pub const NODES_DEFAULT: &str = "/var/cache/npu-tests/nodes";
+
+/// The directory of node image `suite` (its `node.img`, `vmlinuz` and `initrd.img`).
+pub fn node_dir(suite: &str) -> PathBuf {
+    std::env::var_os("NPU_TEST_NODES")
+        .map_or_else(|| PathBuf::from(NODES_DEFAULT), Into::into)
+        .join(suite)
+}
+
+/// A node of image `image_dir` for one suite: a copy-on-write disk over the image (what the
+/// guest changes stays across its reboots, never in the image) and a read-only payload disk.
+pub struct NodeGuest {
+    image_dir: PathBuf,
+    disk: PathBuf,
+    payload: PathBuf,
+    dir: PathBuf,
+    boots: u32,
+}
+
+impl NodeGuest {
+    /// `payload` is a directory the guest mounts at /opt/npu-test.
+    pub fn new(image_dir: &Path, payload: &Path, dir: &Path) -> Self {
+        let disk = dir.join("disk.qcow2");
+        let image = image_dir.join("node.img");
+        crate::run(
+            Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+                .arg(&image)
+                .arg(&disk),
+        );
+        let payload_img = dir.join("payload.img");
+        crate::run(
+            Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-d"])
+                .arg(payload)
+                .arg(&payload_img)
+                .arg("256M"),
+        );
+        Self {
+            image_dir: image_dir.to_path_buf(),
+            disk,
+            payload: payload_img,
+            dir: dir.to_path_buf(),
+            boots: 0,
+        }
+    }
+
+    /// Boots the node once (until it powers off or reboots: qemu runs with -no-reboot),
+    /// waiting at most `limit`.
+    pub fn boot(&mut self, limit: Duration) -> Boot {
+        self.boots += 1;
+        let console = self.dir.join(format!("boot{}.console", self.boots));
+        let results = self.dir.join(format!("boot{}.results", self.boots));
+        let started = Instant::now();
+        let drive = |file: &Path, format: &str, extra: &str| {
+            format!("file={},format={format},if=virtio{extra}", file.display())
+        };
+        let mut child = Command::new("qemu-system-x86_64")
+            .args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "3072"])
+            .args([
+                "-nographic",
+                "-no-reboot",
+                "-nodefaults",
+                "-monitor",
+                "none",
+            ])
+            .arg("-kernel")
+            .arg(self.image_dir.join("vmlinuz"))
+            .arg("-initrd")
+            .arg(self.image_dir.join("initrd.img"))
+            .args(["-append", "root=/dev/vda rw console=ttyS0 panic=-1"])
+            .arg("-drive")
+            .arg(drive(&self.disk, "qcow2", ""))
+            .arg("-drive")
+            .arg(drive(&self.payload, "raw", ",readonly=on"))
+            .args(["-nic", "none"])
+            .arg("-serial")
+            .arg(format!("file:{}", console.display()))
+            .arg("-serial")
+            .arg(format!("file:{}", results.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("qemu-system-x86_64");
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            if started.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let text = std::fs::read_to_string(&results).unwrap_or_default();
+        Boot {
+            results: text
+                .lines()
+                .filter_map(|l| serde_json::from_str(l.trim()).ok())
+                .collect(),
+            console: String::from_utf8_lossy(&std::fs::read(&console).unwrap_or_default())
+                .into_owned(),
+            seconds: started.elapsed().as_secs_f64(),
+        }
+    }
+}

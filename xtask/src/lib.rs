@@ -2,6 +2,7 @@
 //! setup-closure suite (`tests/tests/setup_closure.rs`) installs setup's package lists into a
 //! fresh root with the same code setup runs here.
 pub mod apt;
+pub mod nodes;
 pub mod package;
 pub mod runc_suite;
 pub mod setup;

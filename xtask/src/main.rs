@@ -53,10 +53,14 @@ const LANES: [&[(&str, &str)]; 2] = [
             "runc_s_own_suite_passes_through_the_shim",
         ),
     ],
-    &[(
-        "setup_closure",
-        "setup_s_packages_bring_every_program_to_a_fresh_root",
-    )],
+    // The node suite boots its two guests side by side: this lane's second suite.
+    &[
+        (
+            "setup_closure",
+            "setup_s_packages_bring_every_program_to_a_fresh_root",
+        ),
+        ("nodes", "npu_containers_on_systemd_nodes"),
+    ],
 ];
 
 /// The test that installs the .deb on this machine: (test target, test name).

@@ -48,12 +48,14 @@ pub const TEST_PACKAGES: &[Package] = &[
     package("strace", &["strace"]),                // kills the hook at chosen syscalls
     package("qemu-system-x86", &["qemu-system-x86_64"]), // boots Debian's kernels
     package("cpio", &["cpio"]),                    // packs the guests' initramfs
+    package("qemu-utils", &["qemu-img"]),          // the node guests' copy-on-write disks
+    package("e2fsprogs", &["mkfs.ext4"]),          // node images and their payload disks
     package("procps", &["pgrep", "pkill"]),        // finds the CRI suite's shims, recvtty
     package("lintian", &["lintian"]),              // checks the .deb
     package("rpm", &["rpm"]),                      // reads the .rpm's metadata and files
     package("man-db", &["man"]),                   // man -w on the installed package
     package("systemd", &["systemd-analyze"]),      // verifies the installed units
-    package("mmdebstrap", &["mmdebstrap"]),        // the setup-closure suite's fresh root
+    package("mmdebstrap", &["mmdebstrap"]),        // the fresh root and the node images
     // runc's integration suite: bats in a terminal (script), jq in its helpers, its
     // Debian image, its source package unpacked, and its helpers built with cgo.
     package("bats", &["bats"]),
@@ -166,6 +168,7 @@ pub fn ensure(level: Level) -> Result {
     let rest = install_packages(apt::Target::Host, level).and_then(|()| {
         if level >= Level::Tests {
             kernels()?;
+            crate::nodes::ensure()?;
             crate::runc_suite::prepare()?;
         }
         Ok(())

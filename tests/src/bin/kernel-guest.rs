@@ -14,54 +14,11 @@ use npu_runtime::node::{cgroup::Layout, config::PATH_ENV};
 use npu_tests::{
     bin,
     cgroups::{Place, unified_mount},
+    guest::{Results, expect},
     host::FakeHost,
     probe::probe,
     runc::{RuncContainer, expect_only, open_verdict, privileged_devices, start_npu},
 };
-
-struct Results {
-    out: std::fs::File,
-}
-
-impl Results {
-    fn check(&mut self, name: &str, ok: bool, detail: impl Into<String>) {
-        let line = serde_json::json!({"check": name, "ok": ok, "detail": detail.into()});
-        let _ = writeln!(self.out, "{line}");
-        let _ = self.out.flush();
-    }
-
-    /// [`Self::run`] when `cond` holds.
-    fn run_if(&mut self, cond: bool, name: &str, f: impl FnOnce() -> Result<String, String>) {
-        if cond {
-            self.run(name, f);
-        }
-    }
-
-    /// Runs one check; a panic inside (a fixture's failed command) is a failed check.
-    fn run(&mut self, name: &str, f: impl FnOnce() -> Result<String, String>) {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-            Ok(Ok(detail)) => self.check(name, true, detail),
-            Ok(Err(detail)) => self.check(name, false, detail),
-            Err(panic) => {
-                let text = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                self.check(name, false, format!("panicked: {text}"));
-            }
-        }
-    }
-}
-
-fn expect(what: &str, got: impl std::fmt::Debug, want: impl std::fmt::Debug) -> Result<(), String> {
-    let (g, w) = (format!("{got:?}"), format!("{want:?}"));
-    if g == w {
-        Ok(())
-    } else {
-        Err(format!("{what}: got {g}, want {w}"))
-    }
-}
 
 fn ctk(host: &FakeHost, args: &[&str]) -> (bool, String) {
     npu_tests::npu_ctk(host, args)
@@ -131,12 +88,7 @@ fn main() {
         eprintln!("usage: kernel-guest v2|hybrid|v1 RESULTS");
         std::process::exit(2);
     };
-    let mut r = Results {
-        out: std::fs::OpenOptions::new()
-            .write(true)
-            .open(results)
-            .expect("results port"),
-    };
+    let mut r = Results::open(results);
     let place = Place::Host;
 
     r.run("layout", || {
@@ -356,6 +308,5 @@ fn finish(mut r: Results, host: FakeHost) {
         Ok("no record, no grant".into())
     });
     drop(host);
-    let _ = writeln!(r.out, "{}", serde_json::json!({"done": true}));
-    let _ = r.out.flush();
+    r.done();
 }

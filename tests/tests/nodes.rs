@@ -1,0 +1,276 @@
+//! Real nodes: Debian 13 (kernel 6.12, systemd 257, Docker 26 with the systemd cgroup driver,
+//! Podman 5 over crun, pure cgroup v2 with every controller) and Debian 11 (kernel 5.10, the
+//! series of openEuler 22.03 LTS, systemd 247, Docker 20.10, runc 1.0), booted under qemu
+//! from the images `cargo xtask setup` builds (xtask/src/nodes.rs), with systemd as PID 1.
+//! In each, `node-guest` (tests/src/bin/node-guest.rs) runs Docker's isolation checks with
+//! the systemd driver (requests, privileged, `--device`, `docker update`, `daemon-reload`
+//! with and without /dev/char links, a container and an engine restart with live-restore,
+//! the node guard on docker.slice, the monitor), Podman's three modes where the node has it,
+//! `doctor`, and the .deb: installed, the node rebooted (the node guard must be on the
+//! parent before the engine's first container at boot), reload, upgrade, remove and purge.
+//! The majors, the chip count and the NPUs asked for are random per run (the seed is
+//! printed; `NPU_TEST_SEED` repeats one).
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use npu_tests::{
+    qemu::{self, NodeGuest},
+    require, require_root, require_tools,
+};
+
+/// A node and what its guest runs.
+struct Node {
+    suite: &'static str,
+    podman: bool,
+    /// Whether the kernel runs only the basic guard variant (5.10: doctor warns so).
+    basic_guard: bool,
+}
+
+const NODES: [Node; 2] = [
+    Node {
+        suite: "trixie",
+        podman: true,
+        basic_guard: false,
+    },
+    Node {
+        suite: "bullseye",
+        podman: false,
+        basic_guard: true,
+    },
+];
+
+/// Checks every node must report (boot one, then boot two).
+const BOOT_ONE: [&str; 14] = [
+    "node",
+    "configure docker",
+    "docker request",
+    "docker privileged without a request",
+    "docker --device",
+    "docker long-lived containers",
+    "/dev/char links and daemon-reload",
+    "docker update",
+    "container restart",
+    "engine restart with live-restore",
+    "node guard on docker.slice",
+    "monitor names a container started around the runtime",
+    "docker cleanup",
+    "doctor",
+];
+const PODMAN: [&str; 4] = [
+    "configure podman",
+    "podman runtime mode over crun",
+    "podman hooks.d",
+    "podman CDI",
+];
+const BOOT_TWO: [&str; 7] = [
+    "node guard at boot",
+    "doctor with the node guard",
+    "gc timer",
+    "guard reload",
+    "package upgrade",
+    "package remove",
+    "package purge",
+];
+
+/// xorshift64*, enough to vary majors and chips between runs.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % below
+    }
+}
+
+/// What the guest is asked to do: majors from the local/experimental ranges no driver is
+/// given dynamically (60-63, 120-127), 2-16 chips, a random non-empty request.
+fn plan(rng: &mut Rng, node: &Node) -> serde_json::Value {
+    let majors: Vec<u64> = (60..=63).chain(120..=127).collect();
+    let major = majors[rng.next(majors.len() as u64) as usize];
+    let mgmt_major = loop {
+        let m = majors[rng.next(majors.len() as u64) as usize];
+        if m != major {
+            break m;
+        }
+    };
+    let chips = 2 + rng.next(15);
+    let mut request: Vec<u64> = (0..chips).filter(|_| rng.next(3) == 0).collect();
+    if request.is_empty() {
+        request.push(rng.next(chips));
+    }
+    let linked = rng.next(chips);
+    let unlinked = (linked + 1 + rng.next(chips - 1)) % chips;
+    serde_json::json!({
+        "chips": chips,
+        "major": major,
+        "mgmt_major": mgmt_major,
+        "request": request,
+        "device": rng.next(chips),
+        "linked": linked,
+        "unlinked": unlinked,
+        "podman": node.podman,
+    })
+}
+
+fn payload(dir: &Path, plan: &serde_json::Value) -> PathBuf {
+    let payload = dir.join("payload");
+    std::fs::create_dir_all(&payload).unwrap();
+    let release = qemu::release_dir();
+    for name in [
+        "npu-container-runtime",
+        "npu-container-hook",
+        "npu-ctk",
+        "devprobe",
+        "node-guest",
+    ] {
+        let from = release.join(name);
+        assert!(
+            from.exists(),
+            "{} is missing: build the release binaries (cargo xtask test does)",
+            from.display()
+        );
+        std::fs::copy(&from, payload.join(name)).unwrap();
+    }
+    for (var, name) in [
+        ("NPU_PACKAGE_DEB", "npu.deb"),
+        ("NPU_PACKAGE_DEB_UPGRADE", "npu-upgrade.deb"),
+    ] {
+        let deb = std::env::var_os(var)
+            .unwrap_or_else(|| panic!("{var} names no .deb: run this suite with cargo xtask test"));
+        std::fs::copy(&deb, payload.join(name)).unwrap();
+    }
+    std::fs::write(payload.join("plan.json"), plan.to_string()).unwrap();
+    payload
+}
+
+/// Problems with what the boots reported: failed or missing checks, or a boot that did not
+/// end as it should (with the console's tail).
+fn judge(node: &Node, boots: &[qemu::Boot]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let tail = |b: &qemu::Boot| {
+        let lines: Vec<&str> = b.console.lines().rev().take(60).collect();
+        lines.into_iter().rev().collect::<Vec<_>>().join("\n")
+    };
+    let ends = [("reboot", 1), ("done", 2)];
+    for (boot, (end, n)) in boots.iter().zip(ends) {
+        if !boot.results.iter().any(|v| v[end] == true) {
+            problems.push(format!(
+                "{} boot {n} did not end with {end} ({:.0} s); console tail:\n{}",
+                node.suite,
+                boot.seconds,
+                tail(boot)
+            ));
+        }
+    }
+    let results: Vec<&serde_json::Value> = boots.iter().flat_map(|b| &b.results).collect();
+    for v in results.iter().filter(|v| v["ok"] == false) {
+        problems.push(format!(
+            "{}: {} failed: {}",
+            node.suite, v["check"], v["detail"]
+        ));
+    }
+    let mut want: Vec<&str> = BOOT_ONE.to_vec();
+    if node.podman {
+        want.extend(PODMAN);
+    }
+    want.push("package install");
+    want.extend(BOOT_TWO);
+    for name in want {
+        if !results.iter().any(|v| v["check"] == name) {
+            problems.push(format!("{}: no {name} check", node.suite));
+        }
+    }
+    // doctor warns only about what it should: a kernel with the basic guard variant, and
+    // (before the package's guard runs) the parents left unguarded.
+    for (check, unguarded) in [("doctor", true), ("doctor with the node guard", false)] {
+        let Some(v) = results.iter().find(|v| v["check"] == check) else {
+            continue;
+        };
+        for line in v["detail"].as_str().unwrap_or_default().lines() {
+            let explained = (node.basic_guard
+                && line.starts_with("[warn] guard program: this kernel loads only the Basic"))
+                || (unguarded && line.starts_with("[warn] node guard: not guarded by this build"));
+            if !explained {
+                problems.push(format!("{}: {check} says: {line}", node.suite));
+            }
+        }
+    }
+    problems
+}
+
+/// Boots `node` twice (the guest reboots between its two parts) and judges the results.
+fn run_node(node: &Node, seed: u64) -> Vec<String> {
+    let image = qemu::node_dir(node.suite);
+    if !require(
+        &format!("the {} node image (cargo xtask setup)", node.suite),
+        image.join("node.img").exists(),
+    ) {
+        return Vec::new();
+    }
+    let mut rng = Rng(seed ^ node.suite.len() as u64 ^ 0x9E37_79B9_7F4A_7C15);
+    let plan = plan(&mut rng, node);
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("npu-node-{}-", node.suite))
+        .tempdir()
+        .unwrap();
+    let payload = payload(dir.path(), &plan);
+    let mut guest = NodeGuest::new(&image, &payload, dir.path());
+    let mut boots = vec![guest.boot(Duration::from_secs(25 * 60))];
+    if boots[0].results.iter().any(|v| v["reboot"] == true) {
+        boots.push(guest.boot(Duration::from_secs(15 * 60)));
+    }
+    for (n, boot) in boots.iter().enumerate() {
+        eprintln!(
+            "{} boot {} ({:.0} s), plan {plan}:",
+            node.suite,
+            n + 1,
+            boot.seconds
+        );
+        for v in &boot.results {
+            eprintln!("  {v}");
+        }
+    }
+    let problems = judge(node, &boots);
+    if !problems.is_empty() {
+        // Kept for a look: the consoles and the disk.
+        let kept = dir.keep();
+        eprintln!(
+            "{}: the guest's files are kept in {}",
+            node.suite,
+            kept.display()
+        );
+    }
+    problems
+}
+
+#[test]
+fn npu_containers_on_systemd_nodes() {
+    if !require_root() || !require_tools(&["qemu-system-x86_64", "qemu-img", "mkfs.ext4"]) {
+        return;
+    }
+    let seed = std::env::var("NPU_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!("seed {seed} (NPU_TEST_SEED={seed} repeats this run)");
+    // Both nodes at once: each guest mostly waits on its emulated CPUs.
+    let runs: Vec<_> = NODES
+        .iter()
+        .map(|node| std::thread::spawn(move || run_node(node, seed)))
+        .collect();
+    let problems: Vec<String> = runs
+        .into_iter()
+        .flat_map(|t| t.join().expect("node thread"))
+        .collect();
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
