@@ -8,6 +8,9 @@
 //! the node guard on docker.slice, the monitor), Podman's three modes where the node has it,
 //! `doctor`, and the .deb: installed, the node rebooted (the node guard must be on the
 //! parent before the engine's first container at boot), reload, upgrade, remove and purge.
+//! On Debian 13 a third boot checks the shim over each low-level runtime: the node's runc 1.1
+//! and crun 1.21, then Debian's newer runc packages (sid's 1.3, experimental's 1.4) installed
+//! over it.
 //! The majors, the chip count and the NPUs asked for are random per run (the seed is
 //! printed; `NPU_TEST_SEED` repeats one).
 use std::{
@@ -24,6 +27,8 @@ use npu_tests::{
 struct Node {
     suite: &'static str,
     podman: bool,
+    /// Whether the node also checks the shim over crun and newer runc packages (boot 3).
+    runtimes: bool,
     /// Whether the kernel runs only the basic guard variant (5.10: doctor warns so).
     basic_guard: bool,
 }
@@ -32,11 +37,13 @@ const NODES: [Node; 2] = [
     Node {
         suite: "trixie",
         podman: true,
+        runtimes: true,
         basic_guard: false,
     },
     Node {
         suite: "bullseye",
         podman: false,
+        runtimes: false,
         basic_guard: true,
     },
 ];
@@ -73,6 +80,28 @@ const BOOT_TWO: [&str; 7] = [
     "package remove",
     "package purge",
 ];
+
+/// Boot 3 (nodes with `runtimes`): the shim over the node's runc and crun, then the newer runc
+/// packages setup keeps (xtask/src/nodes.rs), each as `runtime: runc-SUITE`.
+const BOOT_THREE: [&str; 3] = ["runtimes setup", "runtime: runc", "runtime: crun"];
+
+/// The newer runc packages setup keeps for the node (`debs/runc-SUITE.deb`).
+fn newer_runtimes(node: &Node) -> Vec<String> {
+    if !node.runtimes {
+        return Vec::new();
+    }
+    let dir = qemu::node_dir(node.suite).join("../debs");
+    let mut debs: Vec<String> = std::fs::read_dir(&dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("runc-") && n.ends_with(".deb"))
+                .collect()
+        })
+        .unwrap_or_default();
+    debs.sort();
+    debs
+}
 
 /// xorshift64*, enough to vary majors and chips between runs.
 struct Rng(u64);
@@ -113,6 +142,7 @@ fn plan(rng: &mut Rng, node: &Node) -> serde_json::Value {
         "linked": linked,
         "unlinked": unlinked,
         "podman": node.podman,
+        "runtimes": newer_runtimes(node),
     })
 }
 
@@ -143,24 +173,47 @@ fn payload(dir: &Path, plan: &serde_json::Value) -> PathBuf {
             .unwrap_or_else(|| panic!("{var} names no .deb: run this suite with cargo xtask test"));
         std::fs::copy(&deb, payload.join(name)).unwrap();
     }
+    let debs = payload.join("debs");
+    std::fs::create_dir_all(&debs).unwrap();
+    for deb in plan["runtimes"].as_array().into_iter().flatten() {
+        let name = deb.as_str().unwrap();
+        let from = qemu::node_dir("debs").join(name);
+        std::fs::copy(&from, debs.join(name)).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
+    }
     std::fs::write(payload.join("plan.json"), plan.to_string()).unwrap();
     payload
 }
 
 /// Problems with what the boots reported: failed or missing checks, or a boot that did not
 /// end as it should (with the console's tail).
-fn judge(node: &Node, boots: &[qemu::Boot]) -> Vec<String> {
+fn judge(node: &Node, plan: &serde_json::Value, boots: &[qemu::Boot]) -> Vec<String> {
     let mut problems = Vec::new();
     let tail = |b: &qemu::Boot| {
         let lines: Vec<&str> = b.console.lines().rev().take(60).collect();
         lines.into_iter().rev().collect::<Vec<_>>().join("\n")
     };
-    let ends = [("reboot", 1), ("done", 2)];
-    for (boot, (end, n)) in boots.iter().zip(ends) {
+    let runtimes: Vec<&str> = plan["runtimes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d.as_str())
+        .collect();
+    // Boots 1 and 2, and boot 3 when there are runtimes to check; the last ends with done.
+    let count = if runtimes.is_empty() { 2 } else { 3 };
+    if boots.len() < count {
+        problems.push(format!(
+            "{}: {} boot(s), want {count}",
+            node.suite,
+            boots.len()
+        ));
+    }
+    for (n, boot) in boots.iter().enumerate() {
+        let end = if n + 1 == count { "done" } else { "reboot" };
         if !boot.results.iter().any(|v| v[end] == true) {
             problems.push(format!(
-                "{} boot {n} did not end with {end} ({:.0} s); console tail:\n{}",
+                "{} boot {} did not end with {end} ({:.0} s); console tail:\n{}",
                 node.suite,
+                n + 1,
                 boot.seconds,
                 tail(boot)
             ));
@@ -179,6 +232,14 @@ fn judge(node: &Node, boots: &[qemu::Boot]) -> Vec<String> {
     }
     want.push("package install");
     want.extend(BOOT_TWO);
+    let newer: Vec<String> = runtimes
+        .iter()
+        .map(|d| format!("runtime: {}", d.trim_end_matches(".deb")))
+        .collect();
+    if !runtimes.is_empty() {
+        want.extend(BOOT_THREE);
+        want.extend(newer.iter().map(String::as_str));
+    }
     for name in want {
         if !results.iter().any(|v| v["check"] == name) {
             problems.push(format!("{}: no {name} check", node.suite));
@@ -220,7 +281,14 @@ fn run_node(node: &Node, seed: u64) -> Vec<String> {
     let payload = payload(dir.path(), &plan);
     let mut guest = NodeGuest::new(&image, &payload, dir.path());
     let mut boots = vec![guest.boot(Duration::from_secs(25 * 60))];
-    if boots[0].results.iter().any(|v| v["reboot"] == true) {
+    while boots.len() < 3
+        && boots
+            .last()
+            .unwrap()
+            .results
+            .iter()
+            .any(|v| v["reboot"] == true)
+    {
         boots.push(guest.boot(Duration::from_secs(15 * 60)));
     }
     for (n, boot) in boots.iter().enumerate() {
@@ -234,7 +302,7 @@ fn run_node(node: &Node, seed: u64) -> Vec<String> {
             eprintln!("  {v}");
         }
     }
-    let problems = judge(node, &boots);
+    let problems = judge(node, &plan, &boots);
     if !problems.is_empty() {
         // Kept for a look: the consoles and the disk.
         let kept = dir.keep();

@@ -7,7 +7,11 @@ use std::{
     process::Command,
 };
 
-use crate::{Result, apt::Mirror, run};
+use crate::{
+    Result,
+    apt::{Mirror, Private},
+    run,
+};
 
 /// Where the images are kept (tests/src/node.rs reads the same default).
 pub const NODE_CACHE: &str = "/var/cache/npu-tests/nodes";
@@ -174,11 +178,46 @@ fn link(target: &str, at: &Path) -> Result {
     std::os::unix::fs::symlink(target, at).map_err(|e| format!("{}: {e}", at.display()))
 }
 
-/// Builds every node image that is missing or out of date.
-pub fn ensure() -> Result {
-    let mirror = Mirror::of_this_machine()?;
-    for node in &NODES {
-        node.ensure(Path::new(NODE_CACHE), &mirror)?;
+/// Newer low-level runtimes the trixie node installs over its own runc 1.1 with `dpkg -i`
+/// (their glibc 2.38 is there): (package, suite), kept as `debs/PACKAGE-SUITE.deb`.
+pub const NEWER_RUNTIMES: [(&str, &str); 2] = [("runc", "sid"), ("runc", "experimental")];
+
+/// Downloads [`NEWER_RUNTIMES`] that are not kept yet, with a private apt configuration.
+fn newer_runtimes(cache: &Path, mirror: &Mirror) -> Result {
+    let debs = cache.join("debs");
+    for (package, suite) in NEWER_RUNTIMES {
+        let kept = debs.join(format!("{package}-{suite}.deb"));
+        if kept.exists() {
+            continue;
+        }
+        eprintln!(
+            "xtask setup: {package} from Debian {suite}, for the trixie node's runtime checks \
+             (under a minute)"
+        );
+        let dir = debs.join(format!("apt-{suite}"));
+        let apt = Private::new(&dir, &mirror.sources("deb", &[suite], false))?;
+        run(apt
+            .command("apt-get")
+            .args(["download", "-qq", &format!("{package}/{suite}")])
+            .current_dir(&dir))?;
+        let deb = std::fs::read_dir(&dir)
+            .map_err(|e| e.to_string())?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "deb"))
+            .ok_or_else(|| format!("apt-get download {package}/{suite} left no .deb"))?;
+        std::fs::rename(&deb, &kept).map_err(|e| e.to_string())?;
+        std::fs::remove_dir_all(&dir).map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// Builds every node image that is missing or out of date, and fetches the newer runtimes.
+pub fn ensure() -> Result {
+    let mirror = Mirror::of_this_machine()?;
+    let cache = Path::new(NODE_CACHE);
+    for node in &NODES {
+        node.ensure(cache, &mirror)?;
+    }
+    newer_runtimes(cache, &mirror)
 }

@@ -8,7 +8,9 @@
 //! cgroup driver, Podman over crun where the node has it), then the .deb installed and two
 //! restart-always containers left running, and a reboot. Boot 2: the package's units under
 //! systemd (the node guard before the engines' first container), reload, upgrade, remove and
-//! purge under running containers. `/var/lib/npu-test/phase` says which boot this is.
+//! purge under running containers. Boot 3 (where the plan names newer runc packages): the shim
+//! over the node's runc, its crun and each newer runc installed over the node's.
+//! `/var/lib/npu-test/phase` says which boot this is.
 use std::{
     path::Path,
     process::{Command, Stdio},
@@ -55,6 +57,8 @@ struct Plan {
     linked: u32,
     unlinked: u32,
     podman: bool,
+    /// Newer runc packages (file names under debs/) to check the shim over, in boot 3.
+    runtimes: Vec<String>,
 }
 
 impl Plan {
@@ -76,6 +80,14 @@ impl Plan {
             linked: n("linked"),
             unlinked: n("unlinked"),
             podman: v["podman"] == true,
+            runtimes: v["runtimes"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|d| d.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 
@@ -168,22 +180,32 @@ fn main() {
     let mut r = Results::open("/dev/ttyS1");
     let plan = Plan::read();
     let phase = std::fs::read_to_string(PHASE).unwrap_or_default();
-    match phase.trim() {
+    let last = match phase.trim() {
         "" => {
             boot_one(&mut r, &plan);
-            std::fs::create_dir_all(Path::new(PHASE).parent().unwrap()).unwrap();
-            std::fs::write(PHASE, "2").unwrap();
-            let _ = sh("sync");
-            r.line(serde_json::json!({"reboot": true}));
-            // qemu runs with -no-reboot: the host boots the same disk again.
-            let _ = sh("systemctl reboot");
+            false
+        }
+        "2" => {
+            boot_two(&mut r, &plan);
+            plan.runtimes.is_empty()
         }
         _ => {
-            boot_two(&mut r, &plan);
-            r.done();
-            // Containers whose init ignores SIGTERM would hold the power-off for 90 s.
-            let _ = sh("docker rm -f $(docker ps -aq); sync; systemctl poweroff");
+            boot_three(&mut r, &plan);
+            true
         }
+    };
+    if last {
+        r.done();
+        // Containers whose init ignores SIGTERM would hold the power-off for 90 s.
+        let _ = sh("docker rm -f $(docker ps -aq); sync; systemctl poweroff");
+    } else {
+        let next = if phase.trim().is_empty() { "2" } else { "3" };
+        std::fs::create_dir_all(Path::new(PHASE).parent().unwrap()).unwrap();
+        std::fs::write(PHASE, next).unwrap();
+        let _ = sh("docker rm -f $(docker ps -aq); sync");
+        r.line(serde_json::json!({"reboot": true}));
+        // qemu runs with -no-reboot: the host boots the same disk again.
+        let _ = sh("systemctl reboot");
     }
 }
 
@@ -759,4 +781,112 @@ fn boot_two(r: &mut Results, plan: &Plan) {
         }
         Ok("configuration, state and pins removed".into())
     });
+}
+
+/// The shim over each low-level runtime, through Docker: the node's runc and crun, then each
+/// newer runc package installed over the node's. On each: a request gets exactly its NPUs,
+/// `--privileged` none, a broad device rule naming no NPU none, `docker update` keeps the
+/// verdicts and the guard program, and a delete leaves no record or grant.
+fn boot_three(r: &mut Results, plan: &Plan) {
+    let ready = r.run("runtimes setup", || {
+        install_binaries()?;
+        configure_docker("npu-ctk", false)?;
+        // Boot 2's containers, which Docker could not delete without the package's binaries,
+        // started again at this boot.
+        must("docker rm -f held around >/dev/null 2>&1; true")?;
+        import_image("docker")?;
+        must("runc --version | head -1")
+    });
+    if !ready {
+        return;
+    }
+    let config = |runtime: &str| {
+        must(&format!(
+            "printf 'log_level = \"info\"\\nruntimes = [\"{runtime}\"]\\n' \
+             > /etc/npu-container-runtime/config.toml"
+        ))
+    };
+    r.run("runtime: runc", || {
+        config("runc")?;
+        runtime_checks(plan, "runc --version | head -1")
+    });
+    r.run("runtime: crun", || {
+        config("crun")?;
+        let out = runtime_checks(plan, "crun --version | head -1");
+        config("runc")?;
+        out
+    });
+    for deb in &plan.runtimes {
+        let name = deb.trim_end_matches(".deb");
+        r.run(&format!("runtime: {name}"), || {
+            must(&format!(
+                "DEBIAN_FRONTEND=noninteractive dpkg -i {PAYLOAD}/debs/{deb} >/dev/null"
+            ))?;
+            runtime_checks(plan, "runc --version | head -1")
+        });
+    }
+}
+
+fn runtime_checks(plan: &Plan, version: &str) -> Result<String, String> {
+    let chips = plan.chips;
+    let version = must(version)?;
+    let request = Plan::list(&plan.request);
+    expect(
+        &format!("{version}: NPUs {request}"),
+        run_verdicts(
+            "docker",
+            &format!("--runtime=npu -e ASCEND_VISIBLE_DEVICES={request}"),
+            plan,
+        )?,
+        expect_only(&plan.request, chips),
+    )?;
+    expect(
+        &format!("{version}: --privileged"),
+        run_verdicts("docker", "--runtime=npu --privileged", plan)?,
+        expect_only(&[], chips),
+    )?;
+    expect(
+        &format!("{version}: a rule for every NPU, no request"),
+        run_verdicts(
+            "docker",
+            &format!(
+                "--runtime=npu --device-cgroup-rule='c {}:* rwm'",
+                plan.major
+            ),
+            plan,
+        )?,
+        expect_only(&[], chips),
+    )?;
+    let d = plan.device;
+    must(&format!(
+        "docker run -d --name updated --runtime=npu -e ASCEND_VISIBLE_DEVICES={d} {IMAGE} \
+         sleep 100000"
+    ))?;
+    let updated = (|| {
+        must("docker update --cpus 0.5 --memory 256m --memory-swap 512m updated")?;
+        expect(
+            &format!("{version}: NPU {d} after docker update"),
+            exec_verdicts("docker", "updated", plan)?,
+            expect_only(&[d], chips),
+        )?;
+        let cgroup = docker_cgroup_of("updated")?;
+        if !attached(&cgroup, "npu_dev_guard")? {
+            return Err(format!(
+                "{version}: npu_dev_guard gone from {cgroup} after update"
+            ));
+        }
+        Ok(())
+    })();
+    must("docker rm -f updated >/dev/null")?;
+    updated?;
+    let records = must("ls /run/npu-container-runtime | grep -v '^node$' || true")?;
+    expect(&format!("{version}: records after delete"), records, "")?;
+    let policy: serde_json::Value =
+        serde_json::from_str(&must("npu-ctk policy show --json")?).map_err(|e| e.to_string())?;
+    expect(
+        &format!("{version}: policy entries after delete"),
+        policy.as_array().map(Vec::len),
+        Some(0),
+    )?;
+    Ok(version)
 }
