@@ -235,11 +235,14 @@ pub fn boot(kernel: &Path, initramfs: &Path, layout: &str, dir: &Path, limit: Du
 /// Where `cargo xtask setup` keeps the node images (`NPU_TEST_NODES` overrides it).
 pub const NODES_DEFAULT: &str = "/var/cache/npu-tests/nodes";
 
+/// The directory holding the node images and `debs/`.
+pub fn nodes_dir() -> PathBuf {
+    std::env::var_os("NPU_TEST_NODES").map_or_else(|| PathBuf::from(NODES_DEFAULT), Into::into)
+}
+
 /// The directory of node image `suite` (its `node.img`, `vmlinuz` and `initrd.img`).
 pub fn node_dir(suite: &str) -> PathBuf {
-    std::env::var_os("NPU_TEST_NODES")
-        .map_or_else(|| PathBuf::from(NODES_DEFAULT), Into::into)
-        .join(suite)
+    nodes_dir().join(suite)
 }
 
 /// A node of image `image_dir` for one suite: a copy-on-write disk over the image (what the

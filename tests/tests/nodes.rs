@@ -48,7 +48,7 @@ const NODES: [Node; 2] = [
     },
 ];
 
-/// Checks every node must report (boot one, then boot two).
+/// Checks every node must report in boots 1 and 2 (boot 3's are below).
 const BOOT_ONE: [&str; 14] = [
     "node",
     "configure docker",
@@ -85,22 +85,16 @@ const BOOT_TWO: [&str; 7] = [
 /// packages setup keeps (xtask/src/nodes.rs), each as `runtime: runc-SUITE`.
 const BOOT_THREE: [&str; 3] = ["runtimes setup", "runtime: runc", "runtime: crun"];
 
-/// The newer runc packages setup keeps for the node (`debs/runc-SUITE.deb`).
+/// The newer runc packages setup keeps for the node (`debs/PACKAGE-SUITE.deb`, from
+/// xtask's list): all of them, or the suite fails.
 fn newer_runtimes(node: &Node) -> Vec<String> {
     if !node.runtimes {
         return Vec::new();
     }
-    let dir = qemu::node_dir(node.suite).join("../debs");
-    let mut debs: Vec<String> = std::fs::read_dir(&dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("runc-") && n.ends_with(".deb"))
-                .collect()
-        })
-        .unwrap_or_default();
-    debs.sort();
-    debs
+    xtask::nodes::NEWER_RUNTIMES
+        .iter()
+        .map(|(package, suite)| format!("{package}-{suite}.deb"))
+        .collect()
 }
 
 /// xorshift64*, enough to vary majors and chips between runs.
@@ -177,7 +171,7 @@ fn payload(dir: &Path, plan: &serde_json::Value) -> PathBuf {
     std::fs::create_dir_all(&debs).unwrap();
     for deb in plan["runtimes"].as_array().into_iter().flatten() {
         let name = deb.as_str().unwrap();
-        let from = qemu::node_dir("debs").join(name);
+        let from = qemu::nodes_dir().join("debs").join(name);
         std::fs::copy(&from, debs.join(name)).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
     }
     std::fs::write(payload.join("plan.json"), plan.to_string()).unwrap();
@@ -263,7 +257,8 @@ fn judge(node: &Node, plan: &serde_json::Value, boots: &[qemu::Boot]) -> Vec<Str
     problems
 }
 
-/// Boots `node` twice (the guest reboots between its two parts) and judges the results.
+/// Boots `node` until its guest says done (it reboots between its parts: two, or three with
+/// runtimes) and judges the results.
 fn run_node(node: &Node, seed: u64) -> Vec<String> {
     let image = qemu::node_dir(node.suite);
     if !require(
@@ -272,7 +267,8 @@ fn run_node(node: &Node, seed: u64) -> Vec<String> {
     ) {
         return Vec::new();
     }
-    let mut rng = Rng(seed ^ node.suite.len() as u64 ^ 0x9E37_79B9_7F4A_7C15);
+    // xorshift never leaves a zero state.
+    let mut rng = Rng((seed ^ node.suite.len() as u64 ^ 0x9E37_79B9_7F4A_7C15) | 1);
     let plan = plan(&mut rng, node);
     let dir = tempfile::Builder::new()
         .prefix(&format!("npu-node-{}-", node.suite))

@@ -13,7 +13,7 @@ use crate::{
     run,
 };
 
-/// Where the images are kept (tests/src/node.rs reads the same default).
+/// Where the images are kept (tests/src/qemu.rs reads the same default).
 pub const NODE_CACHE: &str = "/var/cache/npu-tests/nodes";
 
 /// One node image.
@@ -117,7 +117,7 @@ impl Node {
         }
         eprintln!(
             "xtask setup: the {} node image (systemd, Docker{}) from Debian's packages, for \
-             the node suites (about 2 min)",
+             the node suite (about a minute)",
             self.suite,
             if self.packages.contains(&"podman") {
                 ", Podman"
