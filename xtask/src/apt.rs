@@ -254,6 +254,16 @@ impl Private {
     }
 }
 
+/// The one .deb `apt-get download` left in `dir`.
+pub fn downloaded_deb(dir: &Path, what: &str) -> Result<PathBuf> {
+    std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .ok_or_else(|| format!("apt-get download {what} left no .deb in {}", dir.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

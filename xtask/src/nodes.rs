@@ -9,7 +9,7 @@ use std::{
 
 use crate::{
     Result,
-    apt::{Mirror, Private},
+    apt::{Mirror, Private, downloaded_deb},
     run,
 };
 
@@ -200,12 +200,7 @@ fn newer_runtimes(cache: &Path, mirror: &Mirror) -> Result {
             .command("apt-get")
             .args(["download", "-qq", &format!("{package}/{suite}")])
             .current_dir(&dir))?;
-        let deb = std::fs::read_dir(&dir)
-            .map_err(|e| e.to_string())?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| p.extension().is_some_and(|x| x == "deb"))
-            .ok_or_else(|| format!("apt-get download {package}/{suite} left no .deb"))?;
+        let deb = downloaded_deb(&dir, &format!("{package}/{suite}"))?;
         std::fs::rename(&deb, &kept).map_err(|e| e.to_string())?;
         std::fs::remove_dir_all(&dir).map_err(|e| e.to_string())?;
     }

@@ -208,12 +208,7 @@ fn kernels() -> Result {
             .command("apt-get")
             .args(["download", "-qq", &package])
             .current_dir(&dir))?;
-        let deb = std::fs::read_dir(&dir)
-            .map_err(|e| e.to_string())?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| p.extension().is_some_and(|x| x == "deb"))
-            .ok_or_else(|| format!("apt-get download {package} left no .deb"))?;
+        let deb = apt::downloaded_deb(&dir, &package)?;
         let extract = dir.join("extract");
         std::fs::create_dir_all(&extract).map_err(|e| e.to_string())?;
         run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&extract))?;
