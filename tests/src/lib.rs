@@ -3,9 +3,9 @@
 //! - [`cgroups`]: test cgroups and the pure cgroup v2 namespace ([`cgroups::Place`]);
 //! - [`probe`]: device verdicts from a process in given cgroups, and the expected matrix;
 //! - [`runc`]: runc containers from busybox bundles, through plain runc or our shim;
-//! - [`engines`]: private Docker, Podman and containerd daemons (containerd's CRI plugin,
-//!   driven as the kubelet drives it, lives with its suite in `tests/tests/kubernetes/cri.rs`:
-//!   its gRPC client is a dev-dependency);
+//! - [`engines`]: private Docker, Podman and containerd daemons;
+//! - `cri`: a CRI client that drives containerd's CRI plugin as the kubelet does (the `cri`
+//!   feature, on by default; the demo's build leaves its gRPC crates out);
 //! - [`syscalls`]: older kernels' code paths forced by hiding syscalls (seccomp);
 //! - [`qemu`]: Debian's kernels booted under qemu with the release binaries.
 //!
@@ -23,6 +23,8 @@ use std::{
 use crate::host::FakeHost;
 
 pub mod cgroups;
+#[cfg(feature = "cri")]
+pub mod cri;
 pub mod engines;
 pub mod guest;
 pub mod host;

@@ -10,7 +10,10 @@
 //! parent before the engine's first container at boot), reload, upgrade, remove and purge.
 //! On Debian 13 a third boot checks the shim over each low-level runtime: the node's runc 1.1
 //! and crun 1.21, then Debian's newer runc packages (sid's 1.3, experimental's 1.4) installed
-//! over it.
+//! over it; and Kubernetes' path: containerd's CRI plugin with the systemd cgroup driver, pods
+//! under kubepods.slice driven in the kubelet's order (requests, DeviceSpecs, CDI, updates on
+//! the real controllers, privileged pods, the node guard on kubepods.slice, a killed shim), on
+//! the node's containerd 1.7 and on sid's 2.1 installed over it.
 //! The majors, the chip count and the NPUs asked for are random per run (the seed is
 //! printed; `NPU_TEST_SEED` repeats one).
 use std::{
@@ -82,17 +85,33 @@ const BOOT_TWO: [&str; 7] = [
 ];
 
 /// Boot 3 (nodes with `runtimes`): the shim over the node's runc and crun, then the newer runc
-/// packages setup keeps (xtask/src/nodes.rs), each as `runtime: runc-SUITE`.
+/// packages setup keeps (xtask/src/nodes.rs), each as `runtime: runc-SUITE`, and the CRI checks
+/// on the node's containerd and each newer containerd package (`CRI on containerd-SUITE: ...`).
 const BOOT_THREE: [&str; 3] = ["runtimes setup", "runtime: runc", "runtime: crun"];
+const CRI: [&str; 12] = [
+    "setup",
+    "requests and device plugin",
+    "UpdateContainerResources",
+    "restart",
+    "pods over crun",
+    "privileged pod without a request",
+    "CDI",
+    "node guard on kubepods.slice",
+    "env_requests privileged",
+    "killed shim",
+    "doctor",
+    "cleanup",
+];
 
-/// The newer runc packages setup keeps for the node (`debs/PACKAGE-SUITE.deb`, from
+/// The newer `package` packages setup keeps for the node (`debs/PACKAGE-SUITE.deb`, from
 /// xtask's list): all of them, or the suite fails.
-fn newer_runtimes(node: &Node) -> Vec<String> {
+fn newer(node: &Node, package: &str) -> Vec<String> {
     if !node.runtimes {
         return Vec::new();
     }
-    xtask::nodes::NEWER_RUNTIMES
+    xtask::nodes::NEWER_PACKAGES
         .iter()
+        .filter(|(p, _)| *p == package)
         .map(|(package, suite)| format!("{package}-{suite}.deb"))
         .collect()
 }
@@ -136,7 +155,8 @@ fn plan(rng: &mut Rng, node: &Node) -> serde_json::Value {
         "linked": linked,
         "unlinked": unlinked,
         "podman": node.podman,
-        "runtimes": newer_runtimes(node),
+        "runtimes": newer(node, "runc"),
+        "containerds": newer(node, "containerd"),
     })
 }
 
@@ -169,7 +189,8 @@ fn payload(dir: &Path, plan: &serde_json::Value) -> PathBuf {
     }
     let debs = payload.join("debs");
     std::fs::create_dir_all(&debs).unwrap();
-    for deb in plan["runtimes"].as_array().into_iter().flatten() {
+    let runtimes = plan["runtimes"].as_array().into_iter().flatten();
+    for deb in runtimes.chain(plan["containerds"].as_array().into_iter().flatten()) {
         let name = deb.as_str().unwrap();
         let from = qemu::nodes_dir().join("debs").join(name);
         std::fs::copy(&from, debs.join(name)).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
@@ -186,14 +207,19 @@ fn judge(node: &Node, plan: &serde_json::Value, boots: &[qemu::Boot]) -> Vec<Str
         let lines: Vec<&str> = b.console.lines().rev().take(60).collect();
         lines.into_iter().rev().collect::<Vec<_>>().join("\n")
     };
-    let runtimes: Vec<&str> = plan["runtimes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|d| d.as_str())
-        .collect();
+    let debs = |key: &str| -> Vec<String> {
+        plan[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d.as_str())
+            .map(|d| d.trim_end_matches(".deb").to_string())
+            .collect()
+    };
+    let (runtimes, containerds) = (debs("runtimes"), debs("containerds"));
+    let boot_three = node.runtimes;
     // Boots 1 and 2, and boot 3 when there are runtimes to check; the last ends with done.
-    let count = if runtimes.is_empty() { 2 } else { 3 };
+    let count = if boot_three { 3 } else { 2 };
     if boots.len() < count {
         problems.push(format!(
             "{}: {} boot(s), want {count}",
@@ -226,25 +252,31 @@ fn judge(node: &Node, plan: &serde_json::Value, boots: &[qemu::Boot]) -> Vec<Str
     }
     want.push("package install");
     want.extend(BOOT_TWO);
-    let newer: Vec<String> = runtimes
-        .iter()
-        .map(|d| format!("runtime: {}", d.trim_end_matches(".deb")))
-        .collect();
-    if !runtimes.is_empty() {
-        want.extend(BOOT_THREE);
-        want.extend(newer.iter().map(String::as_str));
+    let mut boot_three_checks: Vec<String> = Vec::new();
+    if boot_three {
+        boot_three_checks.extend(BOOT_THREE.iter().map(|c| c.to_string()));
+        boot_three_checks.extend(runtimes.iter().map(|d| format!("runtime: {d}")));
+        for containerd in ["containerd".to_string()].iter().chain(&containerds) {
+            boot_three_checks.extend(CRI.iter().map(|c| format!("CRI on {containerd}: {c}")));
+        }
     }
+    want.extend(boot_three_checks.iter().map(String::as_str));
     for name in want {
         if !results.iter().any(|v| v["check"] == name) {
             problems.push(format!("{}: no {name} check", node.suite));
         }
     }
     // doctor warns only about what it should: a kernel with the basic guard variant, and
-    // (before the package's guard runs) the parents left unguarded.
-    for (check, unguarded) in [("doctor", true), ("doctor with the node guard", false)] {
-        let Some(v) = results.iter().find(|v| v["check"] == check) else {
+    // (but with the package's guard) the parents left unguarded.
+    for v in &results {
+        let check = v["check"].as_str().unwrap_or_default();
+        if !(check == "doctor"
+            || check.ends_with(": doctor")
+            || check == "doctor with the node guard")
+        {
             continue;
-        };
+        }
+        let unguarded = check != "doctor with the node guard";
         for line in v["detail"].as_str().unwrap_or_default().lines() {
             let explained = (node.basic_guard
                 && line.starts_with("[warn] guard program: this kernel loads only the Basic"))
@@ -276,8 +308,10 @@ fn run_node(node: &Node, seed: u64) -> Vec<String> {
         .unwrap();
     let payload = payload(dir.path(), &plan);
     let mut guest = NodeGuest::new(&image, &payload, dir.path());
-    // Boot 1 takes 6-7 minutes beside the other suites; a hung guest costs no more than this.
-    let mut boots = vec![guest.boot(Duration::from_secs(15 * 60))];
+    // Boots 1 and 3 take 6-7 minutes beside the other suites; a hung guest costs no more than
+    // this.
+    let limit = Duration::from_secs(15 * 60);
+    let mut boots = vec![guest.boot(limit)];
     while boots.len() < 3
         && boots
             .last()
@@ -286,7 +320,7 @@ fn run_node(node: &Node, seed: u64) -> Vec<String> {
             .iter()
             .any(|v| v["reboot"] == true)
     {
-        boots.push(guest.boot(Duration::from_secs(10 * 60)));
+        boots.push(guest.boot(limit));
     }
     for (n, boot) in boots.iter().enumerate() {
         eprintln!(

@@ -60,9 +60,25 @@ pub fn target_dir() -> PathBuf {
 /// Release build of every binary, linked statically against musl. The shim and the hook are
 /// exec'd on every container start, and a static glibc binary spends about 0.4 ms of that in
 /// its start-up CPU probing (`cpuid` traps to the hypervisor on a VM); a static musl binary
-/// starts in half the time (docs/benchmarks.md). Returns their directory.
-pub fn release_build() -> Result<PathBuf> {
+/// starts in half the time (docs/benchmarks.md). `Build::Demo` leaves out what only the
+/// tests need (the test crate's `cri` feature: the node guest's CRI client, tonic and tokio).
+/// Returns their directory.
+pub fn release_build(build: Build) -> Result<PathBuf> {
     let target = setup::release_target()?;
-    run(cargo().args(["build", "--release", "--bins", "--target", &target]))?;
+    let mut cmd = cargo();
+    cmd.args(["build", "--release", "--bins", "--target", &target]);
+    if build == Build::Demo {
+        cmd.arg("--no-default-features");
+    }
+    run(&mut cmd)?;
     Ok(target_dir().join(target).join("release"))
+}
+
+/// Which release binaries to build.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Build {
+    /// The runtime's and the demo's and bench's.
+    Demo,
+    /// Every binary, the test guests' included.
+    All,
 }

@@ -6,7 +6,7 @@
 //! run `setup` first, so each is a single command on a fresh machine.
 use std::process::{Command, ExitCode};
 
-use xtask::{Result, cargo, package, release_build, run, setup, target_dir};
+use xtask::{Build, Result, cargo, package, release_build, run, setup, target_dir};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -38,7 +38,7 @@ fn main() -> ExitCode {
 /// Runs one release binary: `npu-demo` (real containers through the runtime on simulated
 /// NPUs) or `npu-bench`.
 fn release_binary(name: &str) -> Result {
-    run(&mut Command::new(release_build()?.join(name)))
+    run(&mut Command::new(release_build(Build::Demo)?.join(name)))
 }
 
 /// Test suites that take minutes and run beside the others (they mostly wait on emulators,
@@ -80,7 +80,7 @@ fn test(extra: &[String]) -> Result {
         .args(["--", "-D", "warnings"])
         .env("PATH", setup::path_with_cargo_bin()))?;
     // The kernel suite boots the static release binaries.
-    let release = release_build()?;
+    let release = release_build(Build::All)?;
     // The package suite installs these; the second is the same build one version later.
     let packages = package::build(None, None)?;
     let upgrade = package::build(

@@ -178,21 +178,26 @@ fn link(target: &str, at: &Path) -> Result {
     std::os::unix::fs::symlink(target, at).map_err(|e| format!("{}: {e}", at.display()))
 }
 
-/// Newer low-level runtimes the trixie node installs over its own runc 1.1 with `dpkg -i`
-/// (their glibc 2.38 is there): (package, suite), kept as `debs/PACKAGE-SUITE.deb`.
-pub const NEWER_RUNTIMES: [(&str, &str); 2] = [("runc", "sid"), ("runc", "experimental")];
+/// Newer packages the trixie node installs over its own with `dpkg -i` (their glibc 2.38 is
+/// there): runc 1.3 and 1.4 under its low-level runtime checks, containerd 2.1 under its CRI
+/// checks. (package, suite), kept as `debs/PACKAGE-SUITE.deb`.
+pub const NEWER_PACKAGES: [(&str, &str); 3] = [
+    ("runc", "sid"),
+    ("runc", "experimental"),
+    ("containerd", "sid"),
+];
 
-/// Downloads [`NEWER_RUNTIMES`] that are not kept yet, with a private apt configuration.
-fn newer_runtimes(cache: &Path, mirror: &Mirror) -> Result {
+/// Downloads [`NEWER_PACKAGES`] that are not kept yet, with a private apt configuration.
+fn newer_packages(cache: &Path, mirror: &Mirror) -> Result {
     let debs = cache.join("debs");
-    for (package, suite) in NEWER_RUNTIMES {
+    for (package, suite) in NEWER_PACKAGES {
         let kept = debs.join(format!("{package}-{suite}.deb"));
         if kept.exists() {
             continue;
         }
         eprintln!(
-            "xtask setup: {package} from Debian {suite}, for the trixie node's runtime checks \
-             (under a minute)"
+            "xtask setup: {package} from Debian {suite}, for the trixie node's checks (under a \
+             minute)"
         );
         let dir = debs.join(format!("apt-{suite}"));
         let apt = Private::new(&dir, &mirror.sources("deb", &[suite], false))?;
@@ -207,12 +212,12 @@ fn newer_runtimes(cache: &Path, mirror: &Mirror) -> Result {
     Ok(())
 }
 
-/// Builds every node image that is missing or out of date, and fetches the newer runtimes.
+/// Builds every node image that is missing or out of date, and fetches the newer packages.
 pub fn ensure() -> Result {
     let mirror = Mirror::of_this_machine()?;
     let cache = Path::new(NODE_CACHE);
     for node in &NODES {
         node.ensure(cache, &mirror)?;
     }
-    newer_runtimes(cache, &mirror)
+    newer_packages(cache, &mirror)
 }

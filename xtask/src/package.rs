@@ -20,7 +20,8 @@ pub struct Packages {
 /// Builds both packages into `out` (default: the target directory), with `version` instead
 /// of the workspace's (e.g. an upgrade of the same build).
 pub fn build(version: Option<&str>, out: Option<&Path>) -> Result<Packages> {
-    let release = crate::release_build()?;
+    // The test run builds every binary first: the same build, so no rebuild here.
+    let release = crate::release_build(crate::Build::All)?;
     let target = setup::release_target()?;
     let version = version.unwrap_or(env!("CARGO_PKG_VERSION"));
     let stage = release.join("package");

@@ -1,30 +1,19 @@
 //! Kubernetes as the kubelet drives it: a private containerd with its CRI plugin (its own
 //! root, state, socket and config; the "npu" handler registered by `npu-ctk runtime configure
-//! --runtime=containerd`), driven over the CRI socket with a CRI client (`k8s-cri` on tonic).
+//! --runtime=containerd`), driven over the CRI socket with `npu_tests::cri`'s client.
 //! Images come from an OCI image layout built from busybox and imported with `ctr` (no
 //! registry); pods use the host network (no CNI) and cgroupfs.
 use std::{
+    ops::{Deref, DerefMut},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use hyper_util::rt::TokioIo;
-use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, ContainerState, ContainerStatusRequest,
-    CreateContainerRequest, Device, ExecSyncRequest, ImageSpec, KeyValue, LinuxContainerConfig,
-    LinuxContainerResources, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig,
-    PodSandboxMetadata, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-    StopPodSandboxRequest, UpdateContainerResourcesRequest,
-    runtime_service_client::RuntimeServiceClient,
-};
-use tokio::net::UnixStream;
-use tonic::transport::{Channel, Endpoint, Uri};
-
 use npu_tests::{
     bin,
     cgroups::{Place, unified_mount},
+    cri::{self, Client, Pod},
     engines::{ParentCgroups, runtime_wrapper},
     host::FakeHost,
     run,
@@ -35,43 +24,20 @@ use npu_tests::{
 /// The image every pod runs (and the sandbox image): busybox, whose command sleeps.
 pub const IMAGE: &str = "docker.io/library/npu-busybox:test";
 
-/// A private containerd with the CRI plugin, stopped (with its pods) on drop.
+/// A private containerd with the CRI plugin, stopped (with its pods) on drop. It derefs to
+/// its CRI [`Client`].
 pub struct Cri<'a> {
     place: Place<'a>,
     child: Child,
     dir: PathBuf,
     socket: PathBuf,
-    rt: tokio::runtime::Runtime,
-    client: RuntimeServiceClient<Channel>,
-    pods: Vec<String>,
+    client: Client,
     parents: ParentCgroups,
     /// The containerd config file, as `npu-ctk runtime configure` left it.
     pub config: PathBuf,
     /// The pods' parent cgroup (`/kubepods-...`), as the kubelet makes it at start.
     pub kubepods: String,
 }
-
-/// How a pod is set up.
-#[derive(Clone, Default)]
-pub struct PodSpec {
-    pub handler: String,
-    pub privileged: bool,
-    /// The pod's parent cgroup, as the kubelet gives it (cgroupfs: `/kubepods/...`).
-    pub cgroup_parent: String,
-}
-
-/// How a container is set up.
-#[derive(Clone, Default)]
-pub struct ContainerSpec {
-    /// Its name in the pod (the kubelet keeps it across restarts); unique when empty.
-    pub name: String,
-    pub env: Vec<(String, String)>,
-    /// A device plugin's DeviceSpecs: (container path, host path, permissions).
-    pub devices: Vec<(String, String, String)>,
-    pub privileged: bool,
-    pub attempt: u32,
-}
-
 impl<'a> Cri<'a> {
     /// Starts containerd at `place` with the CRI plugin and the "npu" handler for `host`.
     /// `disable_cgroup`: the pure-v2 emulation's tree has no cpu controller, which the CRI
@@ -131,37 +97,16 @@ impl<'a> Cri<'a> {
             give_up_if_late(&"no socket yet");
             std::thread::sleep(Duration::from_millis(50));
         }
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        // The socket file appears before containerd serves on it: retry until it answers.
-        let channel = loop {
-            let path = socket.clone();
-            let connected = rt.block_on(
-                Endpoint::try_from("http://[::]:50051")
-                    .unwrap()
-                    .connect_timeout(Duration::from_secs(5))
-                    .connect_with_connector(tower::service_fn(move |_: Uri| {
-                        let path = path.clone();
-                        async move {
-                            Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?))
-                        }
-                    })),
-            );
-            match connected {
-                Ok(channel) => break channel,
-                Err(e) => give_up_if_late(&format!("{}: {e}", socket.display())),
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let connected = Client::connect(&socket, &dir.join("state"), IMAGE, deadline);
+        let client = connected.unwrap_or_else(|e| {
+            give_up_if_late(&e);
+            unreachable!("containerd is up but its socket does not answer: {e}")
+        });
         let cri = Self {
             place,
             child,
             socket,
-            rt,
-            client: RuntimeServiceClient::new(channel),
-            pods: Vec::new(),
+            client,
             parents,
             config,
             kubepods: format!("/{kubepods}"),
@@ -240,197 +185,19 @@ impl<'a> Cri<'a> {
         run(self.ctr().args(["images", "import"]).arg(&tarball));
     }
 
-    fn sandbox_config(name: &str, pod: &PodSpec) -> PodSandboxConfig {
-        PodSandboxConfig {
-            metadata: Some(PodSandboxMetadata {
-                name: name.into(),
-                uid: format!("uid-{name}"),
-                namespace: "npu-test".into(),
-                attempt: 0,
-            }),
-            linux: Some(LinuxPodSandboxConfig {
-                cgroup_parent: pod.cgroup_parent.clone(),
-                security_context: Some(LinuxSandboxSecurityContext {
-                    privileged: pod.privileged,
-                    namespace_options: Some(NamespaceOption {
-                        network: NamespaceMode::Node as i32,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
-    /// RunPodSandbox; returns the pod's handle.
-    pub fn run_pod(&mut self, pod: &PodSpec) -> Result<Pod, String> {
-        let name = unique("pod");
-        let config = Self::sandbox_config(&name, pod);
-        let request = RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: pod.handler.clone(),
-        };
-        let id = self
-            .rt
-            .block_on(self.client.run_pod_sandbox(request))
-            .map_err(|s| s.message().to_string())?
-            .into_inner()
-            .pod_sandbox_id;
-        self.pods.push(id.clone());
-        Ok(Pod { id, config })
-    }
-
-    /// CreateContainer then StartContainer (the kubelet's order); returns its id, or the
-    /// error of the step that failed.
-    pub fn start_container(&mut self, pod: &Pod, c: &ContainerSpec) -> Result<String, String> {
-        let config = ContainerConfig {
-            metadata: Some(ContainerMetadata {
-                name: if c.name.is_empty() {
-                    unique("c")
-                } else {
-                    c.name.clone()
-                },
-                attempt: c.attempt,
-            }),
-            image: Some(ImageSpec {
-                image: IMAGE.into(),
-                ..Default::default()
-            }),
-            command: vec!["sleep".into(), "3600".into()],
-            envs: c
-                .env
-                .iter()
-                .map(|(key, value)| KeyValue {
-                    key: key.clone(),
-                    value: value.clone(),
-                })
-                .collect(),
-            devices: c
-                .devices
-                .iter()
-                .map(|(container_path, host_path, permissions)| Device {
-                    container_path: container_path.clone(),
-                    host_path: host_path.clone(),
-                    permissions: permissions.clone(),
-                })
-                .collect(),
-            linux: Some(LinuxContainerConfig {
-                resources: Some(LinuxContainerResources::default()),
-                security_context: Some(LinuxContainerSecurityContext {
-                    privileged: c.privileged,
-                    namespace_options: Some(NamespaceOption {
-                        network: NamespaceMode::Node as i32,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-            }),
-            ..Default::default()
-        };
-        let id = self
-            .rt
-            .block_on(self.client.create_container(CreateContainerRequest {
-                pod_sandbox_id: pod.id.clone(),
-                config: Some(config),
-                sandbox_config: Some(pod.config.clone()),
-            }))
-            .map_err(|s| format!("CreateContainer: {}", s.message()))?
-            .into_inner()
-            .container_id;
-        self.rt
-            .block_on(self.client.start_container(StartContainerRequest {
-                container_id: id.clone(),
-            }))
-            .map_err(|s| format!("StartContainer: {}", s.message()))?;
-        Ok(id)
-    }
-
-    /// ExecSync `sh -c script`; returns stdout + stderr.
-    pub fn exec(&mut self, id: &str, script: &str) -> String {
-        let r = self
-            .rt
-            .block_on(self.client.exec_sync(ExecSyncRequest {
-                container_id: id.into(),
-                cmd: vec!["sh".into(), "-c".into(), script.into()],
-                timeout: 30,
-            }))
-            .expect("ExecSync")
-            .into_inner();
-        let mut text = String::from_utf8_lossy(&r.stdout).into_owned();
-        text.push_str(&String::from_utf8_lossy(&r.stderr));
-        text
-    }
-
-    /// UpdateContainerResources, as the CPU manager or an in-place resize calls it.
-    pub fn update(&mut self, id: &str, resources: LinuxContainerResources) -> Result<(), String> {
-        self.rt
-            .block_on(
-                self.client
-                    .update_container_resources(UpdateContainerResourcesRequest {
-                        container_id: id.into(),
-                        linux: Some(resources),
-                        ..Default::default()
-                    }),
-            )
-            .map(drop)
-            .map_err(|s| s.message().to_string())
+    /// The OCI spec the runtime was given for container (or sandbox) `id`.
+    pub fn spec_of(&self, id: &str) -> serde_json::Value {
+        self.client.spec_of(id).unwrap()
     }
 
     /// StopPodSandbox, then RemovePodSandbox (its containers go with it).
     pub fn remove_pod(&mut self, pod: &Pod) {
-        let _ = self
-            .rt
-            .block_on(self.client.stop_pod_sandbox(StopPodSandboxRequest {
-                pod_sandbox_id: pod.id.clone(),
-            }));
-        let _ = self
-            .rt
-            .block_on(self.client.remove_pod_sandbox(RemovePodSandboxRequest {
-                pod_sandbox_id: pod.id.clone(),
-            }));
-        self.pods.retain(|p| *p != pod.id);
-    }
-
-    /// The OCI spec the runtime was given for container (or sandbox) `id`.
-    pub fn spec_of(&self, id: &str) -> serde_json::Value {
-        let path = self
-            .dir
-            .join("state/io.containerd.runtime.v2.task/k8s.io")
-            .join(id)
-            .join("config.json");
-        serde_json::from_slice(
-            &std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
-        )
-        .unwrap()
-    }
-
-    /// The container's state as the CRI reports it (`CONTAINER_RUNNING`, `CONTAINER_EXITED`...).
-    pub fn state(&mut self, id: &str) -> String {
-        let status = self
-            .rt
-            .block_on(self.client.container_status(ContainerStatusRequest {
-                container_id: id.into(),
-                verbose: false,
-            }))
-            .expect("ContainerStatus")
-            .into_inner()
-            .status
-            .expect("a status");
-        ContainerState::try_from(status.state).map_or_else(
-            |_| status.state.to_string(),
-            |s| s.as_str_name().to_string(),
-        )
+        self.client.remove_pod(pod).unwrap();
     }
 
     /// Waits (up to 30 s) until container `id` has exited.
     pub fn wait_exited(&mut self, id: &str) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.state(id) != "CONTAINER_EXITED" {
-            assert!(Instant::now() < deadline, "{id} did not exit");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.client.wait_exited(id).unwrap();
     }
 
     /// SIGKILLs a container's process from outside, as a crash looks to the kubelet.
@@ -439,58 +206,35 @@ impl<'a> Cri<'a> {
         self.wait_exited(id);
     }
 
-    /// Waits (up to 30 s) until containerd has finished cleaning up after dead shims (it runs
-    /// `containerd-shim-runc-v2 ... delete` per task, which runs the runtime's `delete`).
+    /// Waits until containerd has cleaned up after dead shims.
     pub fn wait_dead_shim_cleanup(&self) {
-        let pattern = format!(
-            "containerd-shim.*-address {} .* delete$",
-            self.socket.display()
-        );
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Command::new("pgrep")
-            .args(["-f", &pattern])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-        {
-            assert!(
-                Instant::now() < deadline,
-                "containerd's cleanup of dead shims hangs"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        cri::wait_dead_shim_cleanup(&self.socket).unwrap();
     }
 
-    /// The pid of the containerd-shim that serves pod `pod` (its `-id` is the sandbox's).
+    /// The pid of the containerd-shim that serves pod `pod`.
     pub fn shim_of(&self, pod: &Pod) -> i32 {
-        let pattern = format!("containerd-shim.*-id {}", pod.id);
-        run(Command::new("pgrep").args(["-f", &pattern]))
-            .split_whitespace()
-            .find_map(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no shim for pod {}", pod.id))
+        cri::shim_of(pod).unwrap()
     }
 }
 
-/// A pod sandbox, with the config the kubelet sent (CreateContainer repeats it).
-pub struct Pod {
-    pub id: String,
-    config: PodSandboxConfig,
+impl Deref for Cri<'_> {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl DerefMut for Cri<'_> {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
 }
 
 impl Drop for Cri<'_> {
     fn drop(&mut self) {
         // Pods first, so their shims and poststop hooks run while containerd is there.
-        for id in self.pods.clone() {
-            let _ = self
-                .rt
-                .block_on(self.client.stop_pod_sandbox(StopPodSandboxRequest {
-                    pod_sandbox_id: id.clone(),
-                }));
-            let _ = self.rt.block_on(
-                self.client
-                    .remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id }),
-            );
-        }
+        let _ = self.client.remove_all();
         npu_tests::engines::stop(&mut self.child);
         // The kubelet's pod cgroups (the runtime removes only the containers' own).
         self.parents.remove();

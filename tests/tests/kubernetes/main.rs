@@ -16,11 +16,12 @@ mod cri;
 
 use std::{collections::BTreeSet, path::Path};
 
-use cri::{ContainerSpec, Cri, PodSpec};
+use cri::Cri;
 use k8s_cri::v1::LinuxContainerResources;
 use npu_tests::{
     bin,
     cgroups::{Place, V2Namespace},
+    cri::{ContainerSpec, PodSpec},
     engines::{matrix_script, parse_matrix},
     have_tool,
     host::FakeHost,
@@ -30,7 +31,7 @@ use npu_tests::{
 
 fn can_run() -> bool {
     require_root()
-        && require_tools(&["containerd", "ctr", "runc", "bpftool", "busybox", "pgrep"])
+        && require_tools(&["containerd", "ctr", "runc", "bpftool", "busybox"])
         && require(
             "containerd-shim-runc-v2",
             have_tool("containerd-shim-runc-v2"),
@@ -147,10 +148,11 @@ fn pods_get_exactly_the_npus_they_name() {
         cgroup_parent: cgroup.into(),
         ..Default::default()
     };
-    let parent = |cri: &Cri<'_>, pod: &str| format!("{}/pod{pod}", cri.kubepods);
+    let kubepods = cri.kubepods.clone();
+    let parent = |pod: &str| format!("{kubepods}/pod{pod}");
 
     // The request variable, and the form the Ascend device plugin sets, side by side.
-    let pod_a = cri.run_pod(&npu(&parent(&cri, "a"))).expect("pod a");
+    let pod_a = cri.run_pod(&npu(&parent("a"))).expect("pod a");
     let a = cri
         .start_container(
             &pod_a,
@@ -160,7 +162,7 @@ fn pods_get_exactly_the_npus_they_name() {
             },
         )
         .expect("container a");
-    let pod_b = cri.run_pod(&npu(&parent(&cri, "b"))).expect("pod b");
+    let pod_b = cri.run_pod(&npu(&parent("b"))).expect("pod b");
     let b_spec = ContainerSpec {
         name: "trainer".into(),
         env: env("Ascend910-2"),
@@ -194,7 +196,7 @@ fn pods_get_exactly_the_npus_they_name() {
 
     // One pod, two containers: one by the variable, one by a device plugin's DeviceSpecs
     // alone (exactly those chips; the plugin's entries are names the pod cannot forge).
-    let pod_c = cri.run_pod(&npu(&parent(&cri, "c"))).expect("pod c");
+    let pod_c = cri.run_pod(&npu(&parent("c"))).expect("pod c");
     let c1 = cri
         .start_container(
             &pod_c,
@@ -307,7 +309,7 @@ fn pods_get_exactly_the_npus_they_name() {
     // A privileged pod without a request opens no chip.
     let privileged_pod = PodSpec {
         privileged: true,
-        ..npu(&parent(&cri, "p"))
+        ..npu(&parent("p"))
     };
     let pod_p = cri.run_pod(&privileged_pod).expect("privileged pod");
     let p = cri
@@ -347,7 +349,7 @@ fn pods_get_exactly_the_npus_they_name() {
     let pod_r = cri
         .run_pod(&PodSpec {
             handler: "runc".into(),
-            cgroup_parent: parent(&cri, "r"),
+            cgroup_parent: parent("r"),
             ..Default::default()
         })
         .expect("runc pod");
@@ -430,7 +432,7 @@ fn pods_get_exactly_the_npus_they_name() {
     );
     assert!(ok, "{out}");
     for pod in ["a", "b", "c", "p", "r"] {
-        let dir = npu_tests::cgroups::unified_mount().join(&parent(&cri, pod)[1..]);
+        let dir = npu_tests::cgroups::unified_mount().join(&parent(pod)[1..]);
         let left: Vec<_> = std::fs::read_dir(&dir)
             .into_iter()
             .flatten()

@@ -8,9 +8,12 @@
 //! cgroup driver, Podman over crun where the node has it), then the .deb installed and two
 //! restart-always containers left running, and a reboot. Boot 2: the package's units under
 //! systemd (the node guard before the engines' first container), reload, upgrade, remove and
-//! purge under running containers. Boot 3 (where the plan names newer runc packages): the shim
-//! over the node's runc, its crun and each newer runc installed over the node's.
+//! purge under running containers. Boot 3 (where the plan names newer packages): the shim over
+//! the node's runc, its crun and each newer runc installed over the node's, and Kubernetes'
+//! path (the CRI plugin with the systemd cgroup driver) on the node's containerd and on each
+//! newer containerd installed over it.
 //! `/var/lib/npu-test/phase` says which boot this is.
+mod cri;
 mod docker;
 mod node;
 mod package;
@@ -36,7 +39,7 @@ fn main() {
         }
         "2" => {
             package::boot_two(&mut r, &plan);
-            plan.runtimes.is_empty()
+            !plan.boot_three()
         }
         _ => {
             runtimes::boot_three(&mut r, &plan);

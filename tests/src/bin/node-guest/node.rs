@@ -49,6 +49,8 @@ pub struct Plan {
     pub podman: bool,
     /// Newer runc packages (file names under debs/) to check the shim over, in boot 3.
     pub runtimes: Vec<String>,
+    /// Newer containerd packages (under debs/) to check the CRI path on, in boot 3.
+    pub containerds: Vec<String>,
 }
 
 impl Plan {
@@ -70,15 +72,14 @@ impl Plan {
             linked: n("linked"),
             unlinked: n("unlinked"),
             podman: v["podman"] == true,
-            runtimes: v["runtimes"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|d| d.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            runtimes: names(&v["runtimes"]),
+            containerds: names(&v["containerds"]),
         }
+    }
+
+    /// Whether boot 3 has anything to do.
+    pub fn boot_three(&self) -> bool {
+        !self.runtimes.is_empty() || !self.containerds.is_empty()
     }
 
     pub fn list(npus: &[u32]) -> String {
@@ -87,6 +88,14 @@ impl Plan {
             .collect::<Vec<_>>()
             .join(",")
     }
+}
+
+fn names(list: &serde_json::Value) -> Vec<String> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d.as_str().map(String::from))
+        .collect()
 }
 
 /// Runs `script` with sh; (success, stdout and stderr).
@@ -288,13 +297,18 @@ pub fn diagnostics() -> String {
     .1
 }
 
-/// Writes the runtime's config: info logs, and the low-level runtimes to use.
+/// Writes the runtime's config: debug logs, and the low-level runtimes to use.
 pub fn write_config(runtimes: &[&str]) -> Result<(), String> {
+    write_config_with(runtimes, "")
+}
+
+/// [`write_config`] with `extra` lines.
+pub fn write_config_with(runtimes: &[&str], extra: &str) -> Result<(), String> {
     let list: Vec<String> = runtimes.iter().map(|r| format!("{r:?}")).collect();
     std::fs::write(
         "/etc/npu-container-runtime/config.toml",
         format!(
-            "log_level = \"debug\"\nlog_file = \"{RUNTIME_LOG}\"\nruntimes = [{}]\n",
+            "log_level = \"debug\"\nlog_file = \"{RUNTIME_LOG}\"\nruntimes = [{}]\n{extra}",
             list.join(", ")
         ),
     )

@@ -1,9 +1,11 @@
-//! The shim over each low-level runtime, through Docker (boot 3).
+//! Boot 3: the shim over each low-level runtime, through Docker, and the CRI path on each
+//! containerd.
 use npu_tests::{
     guest::{Results, expect},
     runc::expect_only,
 };
 
+use crate::cri;
 use crate::node::{
     IMAGE, PAYLOAD, Plan, attached, configure_docker, docker_cgroup_of, exec_verdicts,
     import_image, install_binaries, log_mark, must, run_verdicts, runtimes_run_since, write_config,
@@ -17,6 +19,11 @@ pub fn boot_three(r: &mut Results, plan: &Plan) {
     let ready = r.run("runtimes setup", || {
         install_binaries()?;
         configure_docker("npu-ctk", false)?;
+        // The engines registered with these binaries again (boot 2 purged the package's), so
+        // doctor finds the node as an operator leaves it.
+        if plan.podman {
+            must("npu-ctk runtime configure --runtime=podman >/dev/null")?;
+        }
         // Boot 2's containers, which Docker could not delete without the package's binaries,
         // started again at this boot.
         must("docker rm -f held around >/dev/null 2>&1; true")?;
@@ -28,6 +35,9 @@ pub fn boot_three(r: &mut Results, plan: &Plan) {
     }
     r.run("runtime: runc", || runtime_checks(plan, "runc"));
     r.run("runtime: crun", || runtime_checks(plan, "crun"));
+    // Kubernetes' path on the node as installed (its runc 1.1), then on each newer containerd
+    // once the newer runc packages are in.
+    cri::cri_suite(r, plan, "CRI on containerd", None);
     for deb in &plan.runtimes {
         let name = deb.trim_end_matches(".deb");
         r.run(&format!("runtime: {name}"), || {
@@ -36,6 +46,10 @@ pub fn boot_three(r: &mut Results, plan: &Plan) {
             ))?;
             runtime_checks(plan, "runc")
         });
+    }
+    for deb in &plan.containerds {
+        let name = format!("CRI on {}", deb.trim_end_matches(".deb"));
+        cri::cri_suite(r, plan, &name, Some(deb));
     }
 }
 
