@@ -9,14 +9,15 @@ use std::{
 };
 
 use hyper_util::rt::TokioIo;
+/// What UpdateContainerResources sets, as callers build it.
+pub use k8s_cri::v1::LinuxContainerResources;
 use k8s_cri::v1::{
     CdiDevice, ContainerConfig, ContainerMetadata, ContainerState, ContainerStatusRequest,
     CreateContainerRequest, Device, ExecSyncRequest, ImageSpec, KeyValue, LinuxContainerConfig,
-    LinuxContainerResources, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig,
-    PodSandboxMetadata, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-    StopPodSandboxRequest, UpdateContainerResourcesRequest,
-    runtime_service_client::RuntimeServiceClient,
+    LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
+    ListPodSandboxRequest, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
+    UpdateContainerResourcesRequest, runtime_service_client::RuntimeServiceClient,
 };
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -63,7 +64,7 @@ pub struct Client {
     /// containerd's state directory (its shims' bundles are under it).
     state: PathBuf,
     /// The pods run through this client and not removed yet.
-    pub pods: Vec<String>,
+    pods: Vec<String>,
 }
 
 impl Client {
@@ -226,7 +227,7 @@ impl Client {
     }
 
     /// ExecSync `sh -c script`; returns stdout + stderr.
-    pub fn exec(&mut self, id: &str, script: &str) -> String {
+    pub fn exec(&mut self, id: &str, script: &str) -> Result<String, String> {
         let r = self
             .rt
             .block_on(self.client.exec_sync(ExecSyncRequest {
@@ -234,11 +235,11 @@ impl Client {
                 cmd: vec!["sh".into(), "-c".into(), script.into()],
                 timeout: 30,
             }))
-            .unwrap_or_else(|s| panic!("ExecSync in {id}: {}", s.message()))
+            .map_err(|s| format!("ExecSync in {id}: {}", s.message()))?
             .into_inner();
         let mut text = String::from_utf8_lossy(&r.stdout).into_owned();
         text.push_str(&String::from_utf8_lossy(&r.stderr));
-        text
+        Ok(text)
     }
 
     /// UpdateContainerResources, as the CPU manager or an in-place resize calls it.
@@ -289,6 +290,24 @@ impl Client {
         first
     }
 
+    /// Removes every pod containerd lists, this client's or not (what an earlier run left);
+    /// how many there were.
+    pub fn remove_listed(&mut self) -> Result<usize, String> {
+        let listed = self
+            .rt
+            .block_on(
+                self.client
+                    .list_pod_sandbox(ListPodSandboxRequest::default()),
+            )
+            .map_err(|s| format!("ListPodSandbox: {}", s.message()))?
+            .into_inner()
+            .items;
+        for pod in &listed {
+            self.remove_pod_id(&pod.id)?;
+        }
+        Ok(listed.len())
+    }
+
     /// The OCI spec the runtime was given for container (or sandbox) `id`.
     pub fn spec_of(&self, id: &str) -> Result<serde_json::Value, String> {
         let path = self
@@ -301,27 +320,27 @@ impl Client {
     }
 
     /// The container's state as the CRI reports it (`CONTAINER_RUNNING`, `CONTAINER_EXITED`...).
-    pub fn state(&mut self, id: &str) -> String {
+    fn state(&mut self, id: &str) -> Result<String, String> {
         let status = self
             .rt
             .block_on(self.client.container_status(ContainerStatusRequest {
                 container_id: id.into(),
                 verbose: false,
             }))
-            .unwrap_or_else(|s| panic!("ContainerStatus of {id}: {}", s.message()))
+            .map_err(|s| format!("ContainerStatus of {id}: {}", s.message()))?
             .into_inner()
             .status
-            .expect("a status");
-        ContainerState::try_from(status.state).map_or_else(
+            .ok_or_else(|| format!("ContainerStatus of {id}: no status"))?;
+        Ok(ContainerState::try_from(status.state).map_or_else(
             |_| status.state.to_string(),
             |s| s.as_str_name().to_string(),
-        )
+        ))
     }
 
     /// Waits (up to 30 s) until container `id` has exited.
     pub fn wait_exited(&mut self, id: &str) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while self.state(id) != "CONTAINER_EXITED" {
+        while self.state(id)? != "CONTAINER_EXITED" {
             if Instant::now() > deadline {
                 return Err(format!("{id} did not exit"));
             }

@@ -266,8 +266,8 @@ fn judge(node: &Node, plan: &serde_json::Value, boots: &[qemu::Boot]) -> Vec<Str
             problems.push(format!("{}: no {name} check", node.suite));
         }
     }
-    // doctor warns only about what it should: a kernel with the basic guard variant, and
-    // (but with the package's guard) the parents left unguarded.
+    // doctor warns only about what it should: a kernel with the basic guard variant, and the
+    // parents left unguarded (everywhere but where the package's guard runs).
     for v in &results {
         let check = v["check"].as_str().unwrap_or_default();
         if !(check == "doctor"

@@ -61,7 +61,7 @@ pub fn target_dir() -> PathBuf {
 /// exec'd on every container start, and a static glibc binary spends about 0.4 ms of that in
 /// its start-up CPU probing (`cpuid` traps to the hypervisor on a VM); a static musl binary
 /// starts in half the time (docs/benchmarks.md). `Build::Demo` leaves out what only the
-/// tests need (the test crate's `cri` feature: the node guest's CRI client, tonic and tokio).
+/// tests need (the test crate's `cri` feature: the CRI client, tonic and the CRI protos).
 /// Returns their directory.
 pub fn release_build(build: Build) -> Result<PathBuf> {
     let target = setup::release_target()?;
@@ -77,8 +77,8 @@ pub fn release_build(build: Build) -> Result<PathBuf> {
 /// Which release binaries to build.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Build {
-    /// The runtime's and the demo's and bench's.
+    /// Every binary but those needing the `cri` feature (the node guest).
     Demo,
-    /// Every binary, the test guests' included.
+    /// Every binary.
     All,
 }

@@ -73,6 +73,16 @@ const LAST_SUITE: (&str, &str) = (
 fn test(extra: &[String]) -> Result {
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    // The demo's build leaves the test crate's `cri` feature out: lint that build too.
+    run(cargo()
+        .args([
+            "clippy",
+            "-p",
+            "npu-tests",
+            "--all-targets",
+            "--no-default-features",
+        ])
+        .args(["--", "-D", "warnings"]))?;
     // The eBPF crate is not a default member: lint it on its own target with nightly.
     run(Command::new("rustup")
         .args(["run", "nightly", "cargo", "clippy", "-p", "npu-guard-ebpf"])

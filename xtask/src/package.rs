@@ -20,7 +20,9 @@ pub struct Packages {
 /// Builds both packages into `out` (default: the target directory), with `version` instead
 /// of the workspace's (e.g. an upgrade of the same build).
 pub fn build(version: Option<&str>, out: Option<&Path>) -> Result<Packages> {
-    // The test run builds every binary first: the same build, so no rebuild here.
+    // The same build as the test run's (which builds every binary first): the packages carry
+    // the binaries the suites ran, and nothing is rebuilt. Building the runtime's binaries
+    // alone would unify dependency features differently and relink them.
     let release = crate::release_build(crate::Build::All)?;
     let target = setup::release_target()?;
     let version = version.unwrap_or(env!("CARGO_PKG_VERSION"));

@@ -190,6 +190,11 @@ impl<'a> Cri<'a> {
         self.client.spec_of(id).unwrap()
     }
 
+    /// ExecSync `sh -c script`; returns stdout + stderr.
+    pub fn exec(&mut self, id: &str, script: &str) -> String {
+        self.client.exec(id, script).unwrap()
+    }
+
     /// StopPodSandbox, then RemovePodSandbox (its containers go with it).
     pub fn remove_pod(&mut self, pod: &Pod) {
         self.client.remove_pod(pod).unwrap();

@@ -17,11 +17,10 @@ mod cri;
 use std::{collections::BTreeSet, path::Path};
 
 use cri::Cri;
-use k8s_cri::v1::LinuxContainerResources;
 use npu_tests::{
     bin,
     cgroups::{Place, V2Namespace},
-    cri::{ContainerSpec, PodSpec},
+    cri::{ContainerSpec, LinuxContainerResources, PodSpec},
     engines::{matrix_script, parse_matrix},
     have_tool,
     host::FakeHost,
