@@ -350,6 +350,23 @@ impl Client {
     }
 }
 
+/// The updates the kubelet sends with UpdateContainerResources: the CPU manager's (cpuset
+/// `0`), then an in-place resize's (quota 50000 of period 100000, shares 512, memory 256 MiB).
+pub fn kubelet_updates() -> [(&'static str, LinuxContainerResources); 2] {
+    let cpuset = LinuxContainerResources {
+        cpuset_cpus: "0".into(),
+        ..Default::default()
+    };
+    let resize = LinuxContainerResources {
+        cpu_period: 100_000,
+        cpu_quota: 50_000,
+        cpu_shares: 512,
+        memory_limit_in_bytes: 256 << 20,
+        ..Default::default()
+    };
+    [("cpuset", cpuset), ("resize", resize)]
+}
+
 /// Waits (up to 30 s) until the containerd at `socket` has finished cleaning up after dead
 /// shims (it runs `containerd-shim-runc-v2 ... delete` per task, which runs the runtime's
 /// `delete`).

@@ -20,7 +20,7 @@ use cri::Cri;
 use npu_tests::{
     bin,
     cgroups::{Place, V2Namespace},
-    cri::{ContainerSpec, LinuxContainerResources, PodSpec},
+    cri::{ContainerSpec, PodSpec},
     engines::{matrix_script, parse_matrix},
     have_tool,
     host::FakeHost,
@@ -263,18 +263,7 @@ fn pods_get_exactly_the_npus_they_name() {
 
     // UpdateContainerResources as the CPU manager calls it (cpuset), then as an in-place
     // resize does (quota, period, shares): the verdicts stay.
-    let cpuset = LinuxContainerResources {
-        cpuset_cpus: "0".into(),
-        ..Default::default()
-    };
-    let resize = LinuxContainerResources {
-        cpu_period: 100_000,
-        cpu_quota: 50_000,
-        cpu_shares: 512,
-        memory_limit_in_bytes: 256 << 20,
-        ..Default::default()
-    };
-    for (what, resources) in [("cpuset", cpuset), ("resize", resize)] {
+    for (what, resources) in npu_tests::cri::kubelet_updates() {
         for (id, granted) in [(&a, vec![0, 1]), (&c2, vec![4])] {
             cri.update(id, resources.clone())
                 .unwrap_or_else(|e| panic!("update {what}: {e}"));

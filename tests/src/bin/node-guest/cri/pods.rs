@@ -6,7 +6,7 @@ use std::{
 };
 
 use npu_tests::{
-    cri::{self, Client, ContainerSpec, LinuxContainerResources, Pod, PodSpec},
+    cri::{self, Client, ContainerSpec, Pod, PodSpec},
     engines::{matrix_script, parse_matrix},
     guest::expect,
     runc::expect_only,
@@ -176,34 +176,26 @@ impl<'a> Kube<'a> {
     pub fn update(&mut self) -> Result<String, String> {
         let id = self.trainer()?;
         let cgroup = self.cgroup_of(&id)?;
-        let cpuset = LinuxContainerResources {
-            cpuset_cpus: "0".into(),
-            ..Default::default()
-        };
-        let resize = LinuxContainerResources {
-            cpu_period: 100_000,
-            cpu_quota: 50_000,
-            cpu_shares: 512,
-            memory_limit_in_bytes: 256 << 20,
-            ..Default::default()
-        };
+        // What each update must leave in the container's cgroup.
+        let written: [&[(&str, &str)]; 2] = [
+            &[("cpuset.cpus", "0")],
+            &[("cpu.max", "50000 100000"), ("memory.max", "268435456")],
+        ];
         let mut seen = Vec::new();
-        for (what, resources, file, want) in [
-            ("cpuset", cpuset, "cpuset.cpus", "0"),
-            ("resize", resize.clone(), "cpu.max", "50000 100000"),
-            ("resize", resize, "memory.max", "268435456"),
-        ] {
+        for ((what, resources), files) in cri::kubelet_updates().into_iter().zip(written) {
             self.c
                 .update(&id, resources)
                 .map_err(|e| format!("UpdateContainerResources ({what}): {e}"))?;
-            let value = must(&format!("cat /sys/fs/cgroup{cgroup}/{file}"))?;
-            expect(&format!("{file} after {what}"), value.as_str(), want)?;
+            for (file, want) in files {
+                let value = must(&format!("cat /sys/fs/cgroup{cgroup}/{file}"))?;
+                expect(&format!("{file} after {what}"), value.as_str(), *want)?;
+                seen.push(format!("{file}={value}"));
+            }
             let request = self.plan.request.clone();
             self.expect_npus(&format!("NPUs after {what}"), &id, &request)?;
             if !attached(&cgroup, "npu_dev_guard")? {
                 return Err(format!("npu_dev_guard gone from {cgroup} after {what}"));
             }
-            seen.push(format!("{file}={value}"));
         }
         Ok(seen.join(" "))
     }
