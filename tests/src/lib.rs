@@ -31,6 +31,7 @@ pub mod host;
 pub mod probe;
 pub mod qemu;
 pub mod runc;
+pub mod runc_suite;
 pub mod syscalls;
 
 /// Path of a binary of this workspace: this package's helpers (`devprobe`, `guardctl`) or the

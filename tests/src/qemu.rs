@@ -252,6 +252,20 @@ impl Boot {
     }
 }
 
+/// The bytes of the files under `dir` (symbolic links not followed).
+fn du(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => du(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 /// Where `cargo xtask setup` keeps the node images (`NPU_TEST_NODES` overrides it).
 pub const NODES_DEFAULT: &str = "/var/cache/npu-tests/nodes";
 
@@ -263,6 +277,94 @@ pub fn nodes_dir() -> PathBuf {
 /// The directory of node image `suite` (its `node.img`, `vmlinuz` and `initrd.img`).
 pub fn node_dir(suite: &str) -> PathBuf {
     nodes_dir().join(suite)
+}
+
+/// The seed of a node suite's random choices: `NPU_TEST_SEED`, else the clock (printed, so a
+/// run can be repeated).
+pub fn seed() -> u64 {
+    let seed = std::env::var("NPU_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!("seed {seed} (NPU_TEST_SEED={seed} repeats this run)");
+    seed
+}
+
+/// xorshift64*, enough to vary majors and chips between runs.
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator for one node: `seed` mixed with `salt` (xorshift never leaves a non-zero
+    /// state).
+    pub fn new(seed: u64, salt: u64) -> Self {
+        Rng((seed ^ salt ^ 0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next(&mut self, below: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % below
+    }
+}
+
+/// The simulated NPUs of a node's plan (`node-guest` reads `plan.json`): majors from the
+/// local/experimental ranges no driver is given dynamically (60-63, 120-127), 2-16 chips, a
+/// random non-empty request, a `--device` NPU, one NPU with a /dev/char link and one without.
+pub fn node_plan(rng: &mut Rng) -> serde_json::Map<String, serde_json::Value> {
+    let majors: Vec<u64> = (60..=63).chain(120..=127).collect();
+    let major = majors[rng.next(majors.len() as u64) as usize];
+    let mgmt_major = loop {
+        let m = majors[rng.next(majors.len() as u64) as usize];
+        if m != major {
+            break m;
+        }
+    };
+    let chips = 2 + rng.next(15);
+    let mut request: Vec<u64> = (0..chips).filter(|_| rng.next(3) == 0).collect();
+    if request.is_empty() {
+        request.push(rng.next(chips));
+    }
+    let linked = rng.next(chips);
+    let unlinked = (linked + 1 + rng.next(chips - 1)) % chips;
+    let plan = serde_json::json!({
+        "chips": chips,
+        "major": major,
+        "mgmt_major": mgmt_major,
+        "request": request,
+        "device": rng.next(chips),
+        "linked": linked,
+        "unlinked": unlinked,
+        "podman": false,
+        "runtimes": [],
+        "containerds": [],
+    });
+    plan.as_object().cloned().unwrap()
+}
+
+/// A node's payload directory under `dir`: `binaries` from the release directory and
+/// `plan.json`.
+pub fn node_payload(dir: &Path, binaries: &[&str], plan: &serde_json::Value) -> PathBuf {
+    let payload = dir.join("payload");
+    std::fs::create_dir_all(&payload).unwrap();
+    let release = release_dir();
+    for name in binaries {
+        let from = release.join(name);
+        assert!(
+            from.exists(),
+            "{} is missing: build the release binaries (cargo xtask test does)",
+            from.display()
+        );
+        std::fs::copy(&from, payload.join(name)).unwrap();
+    }
+    std::fs::write(payload.join("plan.json"), plan.to_string()).unwrap();
+    payload
 }
 
 /// A node of image `image_dir` for one suite: a copy-on-write disk over the image (what the
@@ -287,12 +389,14 @@ impl NodeGuest {
                 .arg(&disk),
         );
         let payload_img = dir.join("payload.img");
+        // Room for the files and ext4's own (a sparse file: only what is written takes space).
+        let mib = du(payload) / (1 << 20) * 5 / 4 + 64;
         crate::run(
             Command::new("mkfs.ext4")
                 .args(["-q", "-F", "-d"])
                 .arg(payload)
                 .arg(&payload_img)
-                .arg("256M"),
+                .arg(format!("{}M", mib.max(256))),
         );
         Self {
             image_dir: image_dir.to_path_buf(),

@@ -22,7 +22,7 @@ use std::{
 };
 
 use npu_tests::{
-    qemu::{self, NodeGuest},
+    qemu::{self, NodeGuest, Rng},
     require, require_root, require_tools,
 };
 
@@ -116,69 +116,28 @@ fn newer(node: &Node, package: &str) -> Vec<String> {
         .collect()
 }
 
-/// xorshift64*, enough to vary majors and chips between runs.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self, below: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % below
-    }
-}
-
-/// What the guest is asked to do: majors from the local/experimental ranges no driver is
-/// given dynamically (60-63, 120-127), 2-16 chips, a random non-empty request.
+/// What the guest is asked to do: the simulated NPUs (`qemu::node_plan`) and the node's
+/// engines and newer packages.
 fn plan(rng: &mut Rng, node: &Node) -> serde_json::Value {
-    let majors: Vec<u64> = (60..=63).chain(120..=127).collect();
-    let major = majors[rng.next(majors.len() as u64) as usize];
-    let mgmt_major = loop {
-        let m = majors[rng.next(majors.len() as u64) as usize];
-        if m != major {
-            break m;
-        }
-    };
-    let chips = 2 + rng.next(15);
-    let mut request: Vec<u64> = (0..chips).filter(|_| rng.next(3) == 0).collect();
-    if request.is_empty() {
-        request.push(rng.next(chips));
-    }
-    let linked = rng.next(chips);
-    let unlinked = (linked + 1 + rng.next(chips - 1)) % chips;
-    serde_json::json!({
-        "chips": chips,
-        "major": major,
-        "mgmt_major": mgmt_major,
-        "request": request,
-        "device": rng.next(chips),
-        "linked": linked,
-        "unlinked": unlinked,
-        "podman": node.podman,
-        "runtimes": newer(node, "runc"),
-        "containerds": newer(node, "containerd"),
-    })
+    let mut plan = qemu::node_plan(rng);
+    plan.insert("podman".into(), node.podman.into());
+    plan.insert("runtimes".into(), newer(node, "runc").into());
+    plan.insert("containerds".into(), newer(node, "containerd").into());
+    plan.into()
 }
 
 fn payload(dir: &Path, plan: &serde_json::Value) -> PathBuf {
-    let payload = dir.join("payload");
-    std::fs::create_dir_all(&payload).unwrap();
-    let release = qemu::release_dir();
-    for name in [
-        "npu-container-runtime",
-        "npu-container-hook",
-        "npu-ctk",
-        "devprobe",
-        "node-guest",
-    ] {
-        let from = release.join(name);
-        assert!(
-            from.exists(),
-            "{} is missing: build the release binaries (cargo xtask test does)",
-            from.display()
-        );
-        std::fs::copy(&from, payload.join(name)).unwrap();
-    }
+    let payload = qemu::node_payload(
+        dir,
+        &[
+            "npu-container-runtime",
+            "npu-container-hook",
+            "npu-ctk",
+            "devprobe",
+            "node-guest",
+        ],
+        plan,
+    );
     for (var, name) in [
         ("NPU_PACKAGE_DEB", "npu.deb"),
         ("NPU_PACKAGE_DEB_UPGRADE", "npu-upgrade.deb"),
@@ -195,7 +154,6 @@ fn payload(dir: &Path, plan: &serde_json::Value) -> PathBuf {
         let from = qemu::nodes_dir().join("debs").join(name);
         std::fs::copy(&from, debs.join(name)).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
     }
-    std::fs::write(payload.join("plan.json"), plan.to_string()).unwrap();
     payload
 }
 
@@ -299,8 +257,7 @@ fn run_node(node: &Node, seed: u64) -> Vec<String> {
     ) {
         return Vec::new();
     }
-    // xorshift never leaves a zero state.
-    let mut rng = Rng((seed ^ node.suite.len() as u64 ^ 0x9E37_79B9_7F4A_7C15) | 1);
+    let mut rng = Rng::new(seed, node.suite.len() as u64);
     let plan = plan(&mut rng, node);
     let dir = tempfile::Builder::new()
         .prefix(&format!("npu-node-{}-", node.suite))
@@ -351,17 +308,7 @@ fn npu_containers_on_systemd_nodes() {
     if !require_root() || !require_tools(&["qemu-system-x86_64", "qemu-img", "mkfs.ext4"]) {
         return;
     }
-    let seed = std::env::var("NPU_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    eprintln!("seed {seed} (NPU_TEST_SEED={seed} repeats this run)");
+    let seed = qemu::seed();
     // Both nodes at once: each guest mostly waits on its emulated CPUs.
     let runs: Vec<_> = NODES
         .iter()

@@ -44,10 +44,9 @@ fn release_binary(name: &str) -> Result {
 /// Test suites that take minutes and run beside the others (they mostly wait on emulators,
 /// downloads and dpkg), each as (test target, test name to skip in the main run), in lanes:
 /// the suites of a lane run one after the other, the lanes side by side.
-const LANES: [&[(&str, &str)]; 1] = [
-    // One after the other, so no more than two guests boot at once (the node suite's two side
-    // by side), and runc's suite last, when the guests are done: its helpers race on
-    // recvtty's socket when emulated CPUs load the machine (plain runc's runs too).
+const LANES: [&[(&str, &str)]; 2] = [
+    // One after the other, so no more than three guests boot at once (the node suite's two
+    // beside the runc suite's node).
     &[
         (
             "setup_closure",
@@ -55,12 +54,17 @@ const LANES: [&[(&str, &str)]; 1] = [
         ),
         ("kernels", "npu_containers_on_older_and_current_kernels"),
         ("nodes", "npu_containers_on_systemd_nodes"),
-        (
-            "runc_conformance",
-            "runc_s_own_suite_passes_through_the_shim",
-        ),
     ],
+    // A current runc's own suite on a node guest: ~15 minutes of one emulated CPU.
+    &[("node_runc_suite", "runc_s_own_suite_on_a_systemd_node")],
 ];
+
+/// Run once the lanes are done, when no guest loads the machine: the host's runc suite, whose
+/// helpers race on recvtty's socket when emulated CPUs load it (plain runc's runs too).
+const AFTER_LANES: &[(&str, &str)] = &[(
+    "runc_conformance",
+    "runc_s_own_suite_passes_through_the_shim",
+)];
 
 /// The test that installs the .deb on this machine: (test target, test name).
 const LAST_SUITE: (&str, &str) = (
@@ -117,32 +121,10 @@ fn test(extra: &[String]) -> Result {
     if !built.status.success() {
         return Err("cargo test --no-run failed".into());
     }
-    let mut lanes = Vec::new();
-    for suites in LANES {
-        let mut lane = Vec::new();
-        for (target, _) in suites {
-            let exe = test_executable(&built.stdout, target)?;
-            let log = std::env::temp_dir().join(format!("npu-xtask-{target}.log"));
-            lane.push((*target, exe, log));
-        }
-        let lane_env = env.clone();
-        lanes.push(std::thread::spawn(move || {
-            lane.into_iter()
-                .map(|(target, exe, log)| {
-                    let status = std::fs::File::create(&log)
-                        .and_then(|file| {
-                            Command::new(&exe)
-                                .envs(lane_env.iter().cloned())
-                                .stdout(file.try_clone()?)
-                                .stderr(file)
-                                .status()
-                        })
-                        .map_err(|e| format!("cannot run {}: {e}", exe.display()));
-                    (target, log, status)
-                })
-                .collect::<Vec<_>>()
-        }));
-    }
+    let lanes = LANES
+        .iter()
+        .map(|suites| spawn_lane(suites, &built.stdout, &env))
+        .collect::<Result<Vec<_>>>()?;
     let beside: Vec<&str> = LANES
         .iter()
         .flat_map(|l| l.iter().map(|(t, _)| *t))
@@ -157,7 +139,8 @@ fn test(extra: &[String]) -> Result {
         .args(extra)
         .envs(env.iter().cloned())
         .arg("--");
-    for (_, name) in LANES.iter().flat_map(|l| l.iter()).chain([&LAST_SUITE]) {
+    let all = LANES.iter().flat_map(|l| l.iter()).chain(AFTER_LANES);
+    for (_, name) in all.chain([&LAST_SUITE]) {
         main.args(["--skip", name]);
     }
     let result = run(&mut main);
@@ -166,6 +149,8 @@ fn test(extra: &[String]) -> Result {
     for lane in lanes {
         finished.extend(lane.join().map_err(|_| "a parallel lane panicked")?);
     }
+    let after = spawn_lane(AFTER_LANES, &built.stdout, &env)?;
+    finished.extend(after.join().map_err(|_| "the last lane panicked")?);
     for (target, log, status) in finished {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         match status {
@@ -192,6 +177,45 @@ fn test(extra: &[String]) -> Result {
     } else {
         Err(format!("suite(s) failed: {}", failed.join(", ")))
     }
+}
+
+/// What a lane reports of each suite: its target, log and exit status.
+type LaneReport = Vec<(
+    &'static str,
+    std::path::PathBuf,
+    Result<std::process::ExitStatus>,
+)>;
+
+/// Starts a thread that runs `suites` one after the other (each target's executable from
+/// cargo's build `messages`, with `env`), each writing its own log.
+fn spawn_lane(
+    suites: &'static [(&'static str, &'static str)],
+    messages: &[u8],
+    env: &[(&'static str, std::ffi::OsString)],
+) -> Result<std::thread::JoinHandle<LaneReport>> {
+    let mut lane = Vec::new();
+    for (target, _) in suites {
+        let exe = test_executable(messages, target)?;
+        let log = std::env::temp_dir().join(format!("npu-xtask-{target}.log"));
+        lane.push((*target, exe, log));
+    }
+    let env = env.to_vec();
+    Ok(std::thread::spawn(move || {
+        lane.into_iter()
+            .map(|(target, exe, log)| {
+                let status = std::fs::File::create(&log)
+                    .and_then(|file| {
+                        Command::new(&exe)
+                            .envs(env.iter().cloned())
+                            .stdout(file.try_clone()?)
+                            .stderr(file)
+                            .status()
+                    })
+                    .map_err(|e| format!("cannot run {}: {e}", exe.display()));
+                (target, log, status)
+            })
+            .collect()
+    }))
 }
 
 /// The executable of test target `name` from cargo's JSON build messages.

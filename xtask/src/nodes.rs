@@ -43,13 +43,25 @@ const BASE: &[&str] = &[
 ];
 
 /// The current node (Debian 13: kernel 6.12, systemd 257, Docker 26.1 with its CLI packaged
-/// apart, containerd 1.7, runc 1.1.15, Podman 5.4 over crun 1.21) and the old one (Debian 11:
+/// apart, containerd 1.7, runc 1.1.15, Podman 5.4 over crun 1.21, and what runc's own suite
+/// runs) and the old one (Debian 11:
 /// kernel 5.10, the series of openEuler 22.03 LTS, systemd 247, Docker 20.10, runc 1.0;
 /// Docker refuses unprivileged containers there without AppArmor's parser).
 pub const NODES: [Node; 2] = [
     Node {
         suite: "trixie",
-        packages: &["docker-cli", "podman", "crun"],
+        // bats, jq, gawk and a static C build (dev.bats compiles its device probe): runc's
+        // own suite (tests/tests/node_runc_suite.rs).
+        packages: &[
+            "docker-cli",
+            "podman",
+            "crun",
+            "bats",
+            "jq",
+            "gawk",
+            "gcc",
+            "libc6-dev",
+        ],
     },
     Node {
         suite: "bullseye",

@@ -4,6 +4,8 @@
 //! small helpers the suite runs (`recvtty`, `sd-helper`, `seccompagent`, built from that source
 //! against Debian's Go packages, offline), and its two test images made locally (busybox from
 //! busybox-static; a minimal Debian from debootstrap), where the suite would download them.
+//! And the suite of the newer runc the trixie node installs (tests/tests/nodes.rs): its
+//! source the same way, with the same images; its helpers ship in that runc's package.
 use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
@@ -40,22 +42,68 @@ pub fn prepare() -> Result {
     );
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).map_err(io("create the suite directory"))?;
-    let src = source(dir, &version)?;
+    let codename = apt::codename()?;
+    let src = source(
+        dir,
+        &[&codename, &format!("{codename}-updates")],
+        true,
+        &version,
+    )?;
     build_helpers(Target::Host, dir, &src)?;
     images(dir, &src)?;
     std::fs::write(&marker, &version).map_err(io("write the marker"))?;
     Ok(())
 }
 
-/// `apt-get source runc=VERSION` with a private deb-src configuration (this release's suites
-/// on the machine's own archive); returns the tree.
-fn source(dir: &Path, version: &str) -> Result<PathBuf> {
-    let codename = apt::codename()?;
-    let sources = Mirror::of_this_machine()?.sources(
-        "deb-src",
-        &[&codename, &format!("{codename}-updates")],
-        true,
+/// The runc package whose suite the trixie node runs (one of `nodes::NEWER_PACKAGES`).
+pub const NODE_RUNC: (&str, &str) = ("runc", "sid");
+
+/// Where the node's suite is kept, under the node cache: the source of [`NODE_RUNC`]'s
+/// version with the host suite's two images; its helpers come with the package itself.
+pub fn node_dir(cache: &Path) -> PathBuf {
+    cache.join(format!("runc-suite-{}", NODE_RUNC.1))
+}
+
+/// Prepares the node's suite unless it is there already (after [`prepare`], whose images it
+/// takes, and after the node's packages are downloaded).
+pub fn prepare_node() -> Result {
+    let cache = Path::new(crate::nodes::NODE_CACHE);
+    let deb = cache
+        .join("debs")
+        .join(format!("{}-{}.deb", NODE_RUNC.0, NODE_RUNC.1));
+    let version = output(Command::new("dpkg-deb").arg("-f").arg(&deb).arg("Version"))?;
+    let dir = node_dir(cache);
+    let marker = dir.join("ready");
+    if std::fs::read_to_string(&marker).is_ok_and(|v| v.trim() == version) {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask setup: runc {version}'s integration suite for the trixie node, from Debian {}'s \
+         source package (under a minute)",
+        NODE_RUNC.1
     );
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(io("create the node suite's directory"))?;
+    let src = source(&dir, &[NODE_RUNC.1], false, &version)?;
+    let _ = std::fs::remove_dir_all(dir.join("apt"));
+    let host_src = std::fs::read_dir(Path::new(DIR).join("src"))
+        .map_err(io("list the host suite's source"))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("tests/integration/testdata").is_dir())
+        .ok_or("the host suite is not prepared (its images are the node's)")?;
+    for image in ["busybox-amd64.tar.xz", "debian-amd64.tar.xz"] {
+        let at = Path::new("tests/integration/testdata").join(image);
+        std::fs::copy(host_src.join(&at), src.join(&at)).map_err(io("copy a suite image"))?;
+    }
+    std::fs::write(&marker, &version).map_err(io("write the marker"))?;
+    Ok(())
+}
+
+/// `apt-get source runc=VERSION` with a private deb-src configuration (`suites` of the
+/// machine's own archive, and their security suites if `security`); returns the tree.
+fn source(dir: &Path, suites: &[&str], security: bool, version: &str) -> Result<PathBuf> {
+    let sources = Mirror::of_this_machine()?.sources("deb-src", suites, security);
     let apt = Private::new(&dir.join("apt"), &sources)?;
     let build = dir.join("src");
     std::fs::create_dir_all(&build).map_err(io("create the source directory"))?;
@@ -211,4 +259,12 @@ fn busybox_rootfs(root: &Path) -> Result {
     let shadow = root.join("etc/shadow");
     std::fs::write(&shadow, "root:*::0:::::\n").map_err(io("write shadow"))?;
     mode(&shadow, 0o600)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_node_s_suite_is_of_a_runc_the_node_installs() {
+        assert!(crate::nodes::NEWER_PACKAGES.contains(&super::NODE_RUNC));
+    }
 }

@@ -170,6 +170,7 @@ pub fn ensure(level: Level) -> Result {
             kernels()?;
             crate::nodes::ensure()?;
             crate::runc_suite::prepare()?;
+            crate::runc_suite::prepare_node()?;
         }
         Ok(())
     });

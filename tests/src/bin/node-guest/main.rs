@@ -12,12 +12,14 @@
 //! the node's runc, its crun and each newer runc installed over the node's, and Kubernetes'
 //! path (the CRI plugin with the systemd cgroup driver) on the node's containerd and on each
 //! newer containerd installed over it.
-//! `/var/lib/npu-test/phase` says which boot this is.
+//! `/var/lib/npu-test/phase` says which boot this is. A plan with `runc_suite` makes a node of
+//! one boot that runs a current runc's own integration suite through the shim instead.
 mod cri;
 mod docker;
 mod node;
 mod package;
 mod podman;
+mod runc_suite;
 mod runtimes;
 
 use std::path::Path;
@@ -33,6 +35,10 @@ fn main() {
     let plan = Plan::read();
     let phase = std::fs::read_to_string(PHASE).unwrap_or_default();
     let last = match phase.trim() {
+        _ if plan.runc_suite.is_some() => {
+            runc_suite::runc_suite(&mut r, &plan);
+            true
+        }
         "" => {
             boot_one(&mut r, &plan);
             false

@@ -51,6 +51,14 @@ pub struct Plan {
     pub runtimes: Vec<String>,
     /// Newer containerd packages (under debs/) to check the CRI path on, in boot 3.
     pub containerds: Vec<String>,
+    /// A node that runs runc's own suite instead (one boot; tests/tests/node_runc_suite.rs).
+    pub runc_suite: Option<RuncSuite>,
+}
+
+/// The runc package (under debs/) whose suite the payload carries, and the suite's files.
+pub struct RuncSuite {
+    pub deb: String,
+    pub files: Vec<String>,
 }
 
 impl Plan {
@@ -74,6 +82,10 @@ impl Plan {
             podman: v["podman"] == true,
             runtimes: names(&v["runtimes"]),
             containerds: names(&v["containerds"]),
+            runc_suite: v["runc_suite"]["deb"].as_str().map(|deb| RuncSuite {
+                deb: deb.to_string(),
+                files: names(&v["runc_suite"]["files"]),
+            }),
         }
     }
 
