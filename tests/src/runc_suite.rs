@@ -1,7 +1,8 @@
 //! runc's own integration suite (bats) as a judge of the shim: run under `script` (its specs
 //! want a terminal), its TAP output parsed, and the runs through the shim compared with plain
 //! runc's. The host's conformance suite (tests/tests/runc_conformance.rs) runs the installed
-//! runc's suite; the trixie node (tests/tests/nodes.rs) runs a current runc's under systemd.
+//! runc's suite; a Debian 13 node (tests/tests/node_runc_suite.rs) runs a current runc's
+//! under systemd.
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::Path,
@@ -24,7 +25,9 @@ pub type Outcomes = BTreeMap<String, Outcome>;
 pub const MODES: [&str; 3] = ["runc", "shim", "shim + NPU request"];
 
 /// Parses bats' TAP output: `ok N name`, `ok N name # skip (why)`, `not ok N name`, with or
-/// without bats' `in Nms` timing.
+/// without bats' `in Nms` timing. A name seen before (suites have files with tests of the
+/// same name) is kept apart as `name (2)`, `name (3)`...: the ways run the same files in the
+/// same order, so the same test has the same key in each.
 pub fn parse_tap(text: &str) -> Outcomes {
     let mut out = BTreeMap::new();
     for line in text.lines().map(str::trim) {
@@ -40,7 +43,10 @@ pub fn parse_tap(text: &str) -> Outcomes {
         };
         let (name, outcome) = match name.split_once(" # skip") {
             Some((name, _)) => (name, Outcome::Skip),
-            None if failed => (name, Outcome::Fail),
+            None if failed => (
+                name.split_once(" # timeout").map_or(name, |(n, _)| n),
+                Outcome::Fail,
+            ),
             None => (name, Outcome::Pass),
         };
         let name = name.trim();
@@ -48,9 +54,23 @@ pub fn parse_tap(text: &str) -> Outcomes {
             Some((base, ms)) if ms.strip_suffix("ms").is_some_and(is_digits) => base,
             _ => name,
         };
-        out.insert(name.to_string(), outcome);
+        let mut key = name.to_string();
+        for n in 2.. {
+            if !out.contains_key(&key) {
+                break;
+            }
+            key = format!("{name} ({n})");
+        }
+        out.insert(key, outcome);
     }
     out
+}
+
+/// The number of tests the TAP output's plan (`1..N`) announces.
+pub fn planned(text: &str) -> Option<usize> {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("1.."))
+        .and_then(|n| n.trim().parse().ok())
 }
 
 fn is_digits(s: &str) -> bool {
@@ -123,17 +143,15 @@ pub fn run_bats(mut bats: Command, log: &Path, limit: Duration) -> Result<Outcom
     let mut done_at: Option<Instant> = None;
     while child.try_wait().map_err(|e| e.to_string())?.is_none() {
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        let planned = text
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("1.."))
-            .and_then(|n| n.trim().parse::<usize>().ok());
-        if planned.is_some_and(|n| parse_tap(&text).len() >= n)
+        if planned(&text).is_some_and(|n| parse_tap(&text).len() >= n)
             && done_at.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(20)
         {
             kill_named("recvtty");
         }
         if started.elapsed() > limit {
-            let _ = child.kill();
+            // Whole (script, bats, its tests and their runc), not left to overlap the next
+            // run: script starts bats in a session of its own, so the tree, not a group.
+            kill_tree(child.id());
             let _ = child.wait();
             kill_named("recvtty");
             return Err(format!(
@@ -144,7 +162,62 @@ pub fn run_bats(mut bats: Command, log: &Path, limit: Duration) -> Result<Outcom
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    Ok(parse_tap(&std::fs::read_to_string(log).unwrap_or_default()))
+    // A run cut short (bats or script killed, a test ending the session) would shrink the
+    // baseline unseen: every planned test must have reported.
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let outcomes = parse_tap(&text);
+    match planned(&text) {
+        Some(n) if outcomes.len() == n => Ok(outcomes),
+        Some(n) => Err(format!(
+            "runc's suite reported {} of its {n} tests; see {}",
+            outcomes.len(),
+            log.display()
+        )),
+        None => Err(format!(
+            "runc's suite printed no plan; see {}",
+            log.display()
+        )),
+    }
+}
+
+/// SIGKILLs `pid` and every process descended from it (parents read from /proc).
+fn kill_tree(pid: u32) {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // The fields after the command name (which may hold spaces): state, ppid, ...
+            let ppid = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some((pid, ppid))
+        })
+        .collect();
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(
+            parents
+                .iter()
+                .filter(|(_, p)| *p == parent)
+                .map(|(c, _)| *c),
+        );
+        i += 1;
+    }
+    for pid in tree {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
 }
 
 /// SIGKILLs every process whose command name is `name` (read from /proc: nodes need not have
@@ -179,6 +252,17 @@ mod tests {
         assert_eq!(r["checkpoint"], Outcome::Skip);
         assert_eq!(r["runc run [tty ptsname]"], Outcome::Pass);
         assert_eq!(r.len(), 4);
+    }
+
+    #[test]
+    fn tests_of_the_same_name_stay_apart() {
+        let r = parse_tap(
+            "1..3\nok 1 runc run\nnot ok 2 runc run\nnot ok 3 x in 5ms # timeout after 3s\n",
+        );
+        assert_eq!(r["runc run"], Outcome::Pass);
+        assert_eq!(r["runc run (2)"], Outcome::Fail);
+        assert_eq!(r["x"], Outcome::Fail);
+        assert_eq!(planned("1..3\nok 1 a\n"), Some(3));
     }
 
     #[test]

@@ -55,7 +55,7 @@ const LANES: [&[(&str, &str)]; 2] = [
         ("kernels", "npu_containers_on_older_and_current_kernels"),
         ("nodes", "npu_containers_on_systemd_nodes"),
     ],
-    // A current runc's own suite on a node guest: ~15 minutes of one emulated CPU.
+    // A current runc's own suite on a node guest (two vCPUs, mostly one busy: bats is serial).
     &[("node_runc_suite", "runc_s_own_suite_on_a_systemd_node")],
 ];
 

@@ -71,7 +71,14 @@ pub fn prepare_node() -> Result {
     let deb = cache
         .join("debs")
         .join(format!("{}-{}.deb", NODE_RUNC.0, NODE_RUNC.1));
-    let version = output(Command::new("dpkg-deb").arg("-f").arg(&deb).arg("Version"))?;
+    // The source's version: a binNMU (`+bN`) names it in `Source: runc (VERSION)`.
+    let source_field = output(Command::new("dpkg-deb").arg("-f").arg(&deb).arg("Source"))?;
+    let version = match source_field.split_once('(') {
+        Some((_, v)) => v.trim_end_matches(')').trim().to_string(),
+        None => output(Command::new("dpkg-deb").arg("-f").arg(&deb).arg("Version"))?
+            .trim()
+            .to_string(),
+    };
     let dir = node_dir(cache);
     let marker = dir.join("ready");
     if std::fs::read_to_string(&marker).is_ok_and(|v| v.trim() == version) {
@@ -84,7 +91,14 @@ pub fn prepare_node() -> Result {
     );
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(io("create the node suite's directory"))?;
-    let src = source(&dir, &[NODE_RUNC.1], false, &version)?;
+    // Debian keeps only a suite's current source: once sid moves on, the kept package's is gone.
+    let src = source(&dir, &[NODE_RUNC.1], false, &version).map_err(|e| {
+        format!(
+            "{e}\n(the source of the kept {} may have left {}: remove it and run setup again)",
+            deb.display(),
+            NODE_RUNC.1
+        )
+    })?;
     let _ = std::fs::remove_dir_all(dir.join("apt"));
     let host_src = std::fs::read_dir(Path::new(DIR).join("src"))
         .map_err(io("list the host suite's source"))?

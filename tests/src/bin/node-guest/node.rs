@@ -55,10 +55,12 @@ pub struct Plan {
     pub runc_suite: Option<RuncSuite>,
 }
 
-/// The runc package (under debs/) whose suite the payload carries, and the suite's files.
+/// The runc package (under debs/) whose suite the payload carries, the suite's files, and
+/// the minutes a way of them may take.
 pub struct RuncSuite {
     pub deb: String,
     pub files: Vec<String>,
+    pub minutes: u64,
 }
 
 impl Plan {
@@ -85,6 +87,7 @@ impl Plan {
             runc_suite: v["runc_suite"]["deb"].as_str().map(|deb| RuncSuite {
                 deb: deb.to_string(),
                 files: names(&v["runc_suite"]["files"]),
+                minutes: v["runc_suite"]["minutes"].as_u64().unwrap_or(40),
             }),
         }
     }
