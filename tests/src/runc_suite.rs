@@ -24,6 +24,19 @@ pub type Outcomes = BTreeMap<String, Outcome>;
 /// shim adding an NPU request to every container (`npu-request-runc`).
 pub const MODES: [&str; 3] = ["runc", "shim", "shim + NPU request"];
 
+/// The runc source tree in a directory `cargo xtask setup` prepared (`DIR/src/runc-*`, with
+/// `DIR/ready` once complete), if there is one.
+pub fn source_tree(dir: &Path) -> Option<std::path::PathBuf> {
+    if !dir.join("ready").exists() {
+        return None;
+    }
+    std::fs::read_dir(dir.join("src"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("tests/integration").is_dir())
+}
+
 /// Parses bats' TAP output: `ok N name`, `ok N name # skip (why)`, `not ok N name`, with or
 /// without bats' `in Nms` timing. A name seen before (suites have files with tests of the
 /// same name) is kept apart as `name (2)`, `name (3)`...: the ways run the same files in the

@@ -44,18 +44,6 @@ fn files(tree: &Path) -> Vec<String> {
     }
 }
 
-/// The source tree in the prepared directory.
-fn tree(dir: &Path) -> Option<std::path::PathBuf> {
-    if !dir.join("ready").exists() {
-        return None;
-    }
-    std::fs::read_dir(dir.join("src"))
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.join("tests/integration").is_dir())
-}
-
 #[test]
 fn runc_s_own_suite_on_a_systemd_node() {
     if !require_root() || !require_tools(&["qemu-system-x86_64", "qemu-img", "mkfs.ext4"]) {
@@ -65,7 +53,7 @@ fn runc_s_own_suite_on_a_systemd_node() {
     let suite_dir = node_dir(&qemu::nodes_dir());
     let deb_name = format!("{}-{}.deb", NODE_RUNC.0, NODE_RUNC.1);
     let deb = qemu::nodes_dir().join("debs").join(&deb_name);
-    let Some(tree) = tree(&suite_dir) else {
+    let Some(tree) = runc_suite::source_tree(&suite_dir) else {
         require(
             &format!(
                 "runc's suite for the node prepared in {} (cargo xtask setup)",

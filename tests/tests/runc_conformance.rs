@@ -28,14 +28,7 @@ const SUITE_DEFAULT: &str = "/var/cache/npu-tests/runc-suite";
 fn suite() -> Option<PathBuf> {
     let dir =
         std::env::var_os("NPU_RUNC_SUITE").map_or_else(|| SUITE_DEFAULT.into(), PathBuf::from);
-    if !dir.join("ready").exists() {
-        return None;
-    }
-    std::fs::read_dir(dir.join("src"))
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.join("tests/integration").is_dir())
+    runc_suite::source_tree(&dir)
 }
 
 /// Runs the whole suite with `runc` as `$RUNC` (`npu_tests::runc_suite::run_bats`).

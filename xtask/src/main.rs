@@ -205,7 +205,9 @@ fn spawn_lane(
             .map(|(target, exe, log)| {
                 let status = std::fs::File::create(&log)
                     .and_then(|file| {
+                        // Their tables and figures in the log, whether they pass or not.
                         Command::new(&exe)
+                            .arg("--nocapture")
                             .envs(env.iter().cloned())
                             .stdout(file.try_clone()?)
                             .stderr(file)
