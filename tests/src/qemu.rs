@@ -137,13 +137,7 @@ pub fn build_initramfs(dir: &Path, release: &Path) -> PathBuf {
         std::fs::copy(lib, &target).unwrap();
     }
     for name in GUEST_BINARIES {
-        let from = release.join(name);
-        assert!(
-            from.exists(),
-            "{} is missing: build the release binaries (cargo xtask test does)",
-            from.display()
-        );
-        std::fs::copy(&from, root.join("opt/npu").join(name)).unwrap();
+        copy_release(release, name, &root.join("opt/npu"));
     }
     std::fs::write(root.join("init"), INIT).unwrap();
     std::fs::set_permissions(root.join("init"), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -252,6 +246,17 @@ impl Boot {
     }
 }
 
+/// Copies release binary `name` from `release` into directory `to`.
+fn copy_release(release: &Path, name: &str, to: &Path) {
+    let from = release.join(name);
+    assert!(
+        from.exists(),
+        "{} is missing: build the release binaries (cargo xtask test does)",
+        from.display()
+    );
+    std::fs::copy(&from, to.join(name)).unwrap();
+}
+
 /// The bytes of the files under `dir` (symbolic links not followed).
 fn du(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
@@ -355,13 +360,7 @@ pub fn node_payload(dir: &Path, binaries: &[&str], plan: &serde_json::Value) -> 
     std::fs::create_dir_all(&payload).unwrap();
     let release = release_dir();
     for name in binaries {
-        let from = release.join(name);
-        assert!(
-            from.exists(),
-            "{} is missing: build the release binaries (cargo xtask test does)",
-            from.display()
-        );
-        std::fs::copy(&from, payload.join(name)).unwrap();
+        copy_release(&release, name, &payload);
     }
     std::fs::write(payload.join("plan.json"), plan.to_string()).unwrap();
     payload
